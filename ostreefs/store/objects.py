@@ -1,0 +1,393 @@
+"""OSTree's object types as immutable values with symmetric byte codecs.
+
+No I/O here: each type turns into the exact bytes ostree hashes and back, so the
+checksums of objects we write are ostree's checksums. Parsing validates what ostree
+validates when it loads an object (names, checksum lengths), because a name such as
+``..`` coming from a repository would otherwise let a checkout write outside its target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Self
+
+from ostreefs.errors import MalformedData
+from ostreefs.store import gvariant
+from ostreefs.store.gvariant import Variant
+
+COMMIT_SIG = "(a{sv}aya(say)sstayay)"
+DIRTREE_SIG = "(a(say)a(sayay))"
+DIRMETA_SIG = "(uuua(ayay))"
+FILEHEADER_SIG = "(uuuusa(ayay))"
+ARCHIVE_HEADER_SIG = "(tuuuusa(ayay))"
+BAREUSER_META_SIG = "(uuua(ayay))"
+METADATA_SIG = "a{sv}"
+SUMMARY_SIG = "(a(s(taya{sv}))a{sv})"
+
+#: The checksum of the empty dirtree (one zero byte), used for empty directories.
+EMPTY_DIRTREE = "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+
+Xattrs = tuple[tuple[bytes, bytes], ...]
+Metadata = tuple[tuple[str, Variant], ...]
+
+
+class ObjectType(Enum):
+    """Object kinds and the file extension each is stored under."""
+
+    FILE = "file"
+    DIR_TREE = "dirtree"
+    DIR_META = "dirmeta"
+    COMMIT = "commit"
+    TOMBSTONE_COMMIT = "commit-tombstone"
+    COMMIT_META = "commitmeta"
+
+    @property
+    def is_meta(self) -> bool:
+        return self is not ObjectType.FILE
+
+    @classmethod
+    def from_ext(cls, ext: str) -> ObjectType:
+        if ext == "filez":
+            return cls.FILE
+        return cls(ext)
+
+
+def is_checksum(s: str) -> bool:
+    """Whether ``s`` is a 64-character lowercase hex SHA-256."""
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
+def raw_to_hex(raw: bytes, what: str = "checksum") -> str:
+    if len(raw) != 32:
+        raise MalformedData(what, f"checksum has {len(raw)} bytes, not 32")
+    return raw.hex()
+
+
+def hex_to_raw(csum: str) -> bytes:
+    if not is_checksum(csum):
+        raise MalformedData("checksum", f"{csum!r} is not a SHA-256 in hex")
+    return bytes.fromhex(csum)
+
+
+def validate_name(name: str) -> str:
+    """Refuse names a dirtree must never hold: they would escape a checkout."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise MalformedData("dirtree", f"invalid file name {name!r}")
+    return name
+
+
+def normalize_xattrs(xattrs: Iterable[tuple[bytes, bytes]]) -> Xattrs:
+    """Sort by name and drop empty values, as ostree does before hashing."""
+    out: dict[bytes, bytes] = {}
+    for name, value in xattrs:
+        if name.endswith(b"\0"):
+            name = name[:-1]
+        if value:
+            out[name] = bytes(value)
+    return tuple((n, out[n]) for n in sorted(out))
+
+
+def _xattrs_to_gv(xattrs: Xattrs) -> list[tuple[bytes, bytes]]:
+    return [(n + b"\0", v) for n, v in xattrs]
+
+
+def _xattrs_from_gv(items: list[tuple[bytes, bytes]]) -> Xattrs:
+    out = []
+    for n, v in items:
+        if not n.endswith(b"\0"):
+            raise MalformedData("xattrs", "xattr name is not NUL-terminated")
+        out.append((n[:-1], v))
+    return tuple(out)
+
+
+def _decode(what: str, sig: str, data: bytes) -> Any:
+    try:
+        return gvariant.decode(sig, data)
+    except MalformedData as e:
+        raise MalformedData(what, e.args[1]) from None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class DirMeta:
+    """Owner, mode and xattrs of a directory (``.dirmeta``)."""
+
+    uid: int
+    gid: int
+    mode: int
+    xattrs: Xattrs = ()
+
+    def to_bytes(self) -> bytes:
+        return gvariant.encode(
+            DIRMETA_SIG, (self.uid, self.gid, self.mode, _xattrs_to_gv(self.xattrs))
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        uid, gid, mode, xattrs = _decode("dirmeta", DIRMETA_SIG, data)
+        if not stat.S_ISDIR(mode):
+            raise MalformedData("dirmeta", f"mode {mode:o} is not a directory")
+        return cls(uid, gid, mode, _xattrs_from_gv(xattrs))
+
+    def checksum(self) -> str:
+        return sha256_hex(self.to_bytes())
+
+
+@dataclass(frozen=True, slots=True)
+class DirTree:
+    """A directory listing (``.dirtree``): files name→content, dirs name→(tree, meta).
+
+    Checksums are kept in hex; entries are sorted by name bytes as ostree sorts them.
+    """
+
+    files: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def build(
+        cls, files: Mapping[str, str], dirs: Mapping[str, tuple[str, str]]
+    ) -> DirTree:
+        def key(n: str) -> bytes:
+            return n.encode("utf-8", "surrogateescape")
+
+        return cls(
+            tuple((n, files[n]) for n in sorted(files, key=key)),
+            tuple((n, *dirs[n]) for n in sorted(dirs, key=key)),
+        )
+
+    def to_bytes(self) -> bytes:
+        return gvariant.encode(
+            DIRTREE_SIG,
+            (
+                [(n, bytes.fromhex(c)) for n, c in self.files],
+                [(n, bytes.fromhex(t), bytes.fromhex(m)) for n, t, m in self.dirs],
+            ),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        files, dirs = _decode("dirtree", DIRTREE_SIG, data)
+        f = tuple((validate_name(n), raw_to_hex(c, "dirtree")) for n, c in files)
+        d = tuple(
+            (validate_name(n), raw_to_hex(t, "dirtree"), raw_to_hex(m, "dirtree"))
+            for n, t, m in dirs
+        )
+        names = [n.encode() for n, _ in f] + [n.encode() for n, *_ in d]
+        if len(set(names)) != len(names):
+            raise MalformedData("dirtree", "duplicate name")
+        for seq in ([n.encode() for n, _ in f], [n.encode() for n, *_ in d]):
+            if seq != sorted(seq):
+                raise MalformedData("dirtree", "entries are not sorted")
+        return cls(f, d)
+
+    def checksum(self) -> str:
+        return sha256_hex(self.to_bytes())
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A commit (``.commit``): metadata, parent, subject, body, time and root."""
+
+    root_tree: str
+    root_meta: str
+    subject: str = ""
+    body: str = ""
+    timestamp: int = 0
+    parent: str | None = None
+    metadata: Metadata = ()
+    related: tuple[tuple[str, str], ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return gvariant.encode(
+            COMMIT_SIG,
+            (
+                list(self.metadata),
+                bytes.fromhex(self.parent) if self.parent else b"",
+                [(n, bytes.fromhex(c)) for n, c in self.related],
+                self.subject,
+                self.body,
+                self.timestamp,
+                bytes.fromhex(self.root_tree),
+                bytes.fromhex(self.root_meta),
+            ),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        meta, parent, related, subject, body, ts, tree, dmeta = _decode(
+            "commit", COMMIT_SIG, data
+        )
+        return cls(
+            root_tree=raw_to_hex(tree, "commit"),
+            root_meta=raw_to_hex(dmeta, "commit"),
+            subject=subject,
+            body=body,
+            timestamp=ts,
+            parent=raw_to_hex(parent, "commit") if parent else None,
+            metadata=tuple(meta),
+            related=tuple((n, raw_to_hex(c, "commit")) for n, c in related),
+        )
+
+    def checksum(self) -> str:
+        return sha256_hex(self.to_bytes())
+
+    def meta_dict(self) -> dict[str, Any]:
+        """Metadata as a dict of plain values (the last duplicate wins)."""
+        return {k: v.value for k, v in self.metadata}
+
+    @property
+    def content_checksum(self) -> str:
+        """ostree's ContentChecksum: SHA-256 of the root dirtree and dirmeta raw bytes."""
+        return sha256_hex(bytes.fromhex(self.root_tree) + bytes.fromhex(self.root_meta))
+
+    @property
+    def version(self) -> str | None:
+        v = self.meta_dict().get("version")
+        return v if isinstance(v, str) else None
+
+
+def encode_metadata(meta: Iterable[tuple[str, Variant]]) -> bytes:
+    return gvariant.encode(METADATA_SIG, list(meta))
+
+
+def decode_metadata(data: bytes, what: str = "metadata") -> Metadata:
+    return tuple(_decode(what, METADATA_SIG, data))
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    """The metadata of a content object: what is hashed before the payload."""
+
+    uid: int
+    gid: int
+    mode: int
+    symlink_target: str = ""
+    xattrs: Xattrs = ()
+    rdev: int = 0
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def _gv(self) -> bytes:
+        return gvariant.encode(
+            FILEHEADER_SIG,
+            (self.uid, self.gid, self.mode, self.rdev, self.symlink_target,
+             _xattrs_to_gv(self.xattrs)),
+        )
+
+    def checksum_header(self) -> bytes:
+        """The header ostree feeds to SHA-256 ahead of a file's bytes."""
+        body = self._gv()
+        return struct.pack(">II", len(body), 0) + body
+
+    def archive_header(self, size: int) -> bytes:
+        """The header of an archive-mode ``.filez`` (with the uncompressed size)."""
+        body = gvariant.encode(
+            ARCHIVE_HEADER_SIG,
+            (0 if self.is_symlink else size, self.uid, self.gid, self.mode, self.rdev,
+             self.symlink_target, _xattrs_to_gv(self.xattrs)),
+        )
+        return struct.pack(">II", len(body), 0) + body
+
+    def bareuser_meta(self) -> bytes:
+        """The ``user.ostreemeta`` xattr value of a bare-user object."""
+        return gvariant.encode(
+            BAREUSER_META_SIG, (self.uid, self.gid, self.mode, _xattrs_to_gv(self.xattrs))
+        )
+
+    @classmethod
+    def from_bareuser_meta(cls, data: bytes, symlink_target: str = "") -> Self:
+        uid, gid, mode, xattrs = _decode("user.ostreemeta", BAREUSER_META_SIG, data)
+        return cls(uid, gid, mode, symlink_target, _xattrs_from_gv(xattrs))
+
+    @classmethod
+    def _check_mode(cls, mode: int, target: str, what: str) -> None:
+        if stat.S_ISLNK(mode):
+            if not target:
+                raise MalformedData(what, "symlink without a target")
+        elif stat.S_ISREG(mode):
+            if target:
+                raise MalformedData(what, "regular file with a symlink target")
+        else:
+            raise MalformedData(what, f"mode {mode:o} is neither a file nor a symlink")
+
+    @classmethod
+    def parse_archive(cls, data: bytes) -> tuple[Self, int, int]:
+        """Parse the start of a ``.filez``: (header, uncompressed size, payload offset)."""
+        if len(data) < 8:
+            raise MalformedData("archive file", "truncated header")
+        (length,) = struct.unpack_from(">I", data, 0)
+        if length > len(data) - 8:
+            raise MalformedData("archive file", "header length beyond the object")
+        size, uid, gid, mode, rdev, target, xattrs = _decode(
+            "archive file header", ARCHIVE_HEADER_SIG, data[8 : 8 + length]
+        )
+        cls._check_mode(mode, target, "archive file header")
+        return cls(uid, gid, mode, target, _xattrs_from_gv(xattrs), rdev), size, 8 + length
+
+    @classmethod
+    def parse_checksum_header(cls, data: bytes) -> tuple[Self, int]:
+        """Parse a checksum-input header: (header, payload offset)."""
+        if len(data) < 8:
+            raise MalformedData("file header", "truncated header")
+        (length,) = struct.unpack_from(">I", data, 0)
+        if length > len(data) - 8:
+            raise MalformedData("file header", "header length beyond the object")
+        uid, gid, mode, rdev, target, xattrs = _decode(
+            "file header", FILEHEADER_SIG, data[8 : 8 + length]
+        )
+        cls._check_mode(mode, target, "file header")
+        return cls(uid, gid, mode, target, _xattrs_from_gv(xattrs), rdev), 8 + length
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRef:
+    name: str
+    commit: str
+    size: int
+    metadata: Metadata = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The repo summary: refs with commit sizes, plus repo-wide metadata.
+
+    ostree writes each ref's commit size in host byte order (little-endian here) while
+    everything else is big-endian; this type hides that quirk.
+    """
+
+    refs: tuple[SummaryRef, ...] = ()
+    metadata: Metadata = field(default=())
+
+    def to_bytes(self) -> bytes:
+        refs = sorted(self.refs, key=lambda r: r.name.encode())
+        return gvariant.encode(
+            SUMMARY_SIG,
+            (
+                [(r.name, (_swap64(r.size), bytes.fromhex(r.commit), list(r.metadata)))
+                 for r in refs],
+                list(self.metadata),
+            ),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        refs, meta = _decode("summary", SUMMARY_SIG, data)
+        return cls(
+            tuple(SummaryRef(n, raw_to_hex(c, "summary"), _swap64(s), tuple(m))
+                  for n, (s, c, m) in refs),
+            tuple(meta),
+        )
+
+
+def _swap64(n: int) -> int:
+    return int.from_bytes(n.to_bytes(8, "big"), "little")
