@@ -1,0 +1,5 @@
+"""``python -m ostreefs``."""
+
+from ostreefs.cli.main import entry
+
+entry()

@@ -1,0 +1,157 @@
+"""Filesystem primitives the store and the boot layer share.
+
+Durability rules live here so there is one implementation of them: a file becomes
+visible under its final name only by rename, after its bytes are written (and synced
+when the caller asks). Locks are OFD locks on a lock file, the kind ostree takes, so
+ostree and ostreefs exclude each other on a shared repository.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import secrets
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd``: one call instead of an fsync per file."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(prefix: str = ".tmp-") -> str:
+    return prefix + secrets.token_hex(8)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True,
+                 mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
+    path = os.fspath(path)
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, tmp_name())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fchmod(fd, mode)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if fsync:
+        fsync_dir(d)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+write_all = _write_all
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def list_xattrs(path: str | os.PathLike[str] | int, follow: bool = False) -> list[
+        tuple[bytes, bytes]]:
+    """All xattrs of a file as (name, value) bytes pairs; [] where unsupported."""
+    try:
+        names = os.listxattr(path, follow_symlinks=follow) if not isinstance(path, int) \
+            else os.listxattr(path)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return []
+        raise
+    out = []
+    for n in names:
+        try:
+            v = (os.getxattr(path, n, follow_symlinks=follow) if not isinstance(path, int)
+                 else os.getxattr(path, n))
+        except OSError as e:
+            if e.errno in (errno.ENODATA, errno.ENOTSUP):
+                continue
+            raise
+        out.append((n.encode("utf-8", "surrogateescape"), v))
+    return out
+
+
+# ------------------------------------------------------------------------------- locks
+
+LOCK_SH = fcntl.F_RDLCK
+LOCK_EX = fcntl.F_WRLCK
+_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+
+
+def _flock_struct(kind: int) -> bytes:
+    # struct flock { short l_type; short l_whence; off_t l_start; off_t l_len; pid_t l_pid; }
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
+
+
+def try_ofd_lock(fd: int, kind: int) -> bool:
+    """Take (or convert) an OFD lock on the whole file without waiting."""
+    try:
+        fcntl.fcntl(fd, _F_OFD_SETLK, _flock_struct(kind))
+        return True
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+def unlock(fd: int) -> None:
+    fcntl.fcntl(fd, _F_OFD_SETLK, _flock_struct(fcntl.F_UNLCK))
+
+
+@contextmanager
+def ofd_lock(path: str, kind: int, timeout: float) -> Iterator[int]:
+    """Hold an OFD lock on ``path`` (created 0640 if missing); TimeoutError past timeout."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while not try_ofd_lock(fd, kind):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(path)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def boot_id() -> str:
+    """The kernel boot id: staging dirs from another boot may hold unsynced data."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"

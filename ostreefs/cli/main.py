@@ -1,0 +1,161 @@
+"""The ``ostreefs`` command: ostree's command lines over the ostreefs library.
+
+This layer parses arguments, makes library calls and formats their results; it is the
+only place that reads the environment, prints, or chooses an exit status. Library
+errors become one line on stderr (``error: ...``, as ostree prints them) plus an
+optional hint line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ostreefs.errors import OstreefsError, UsageError
+
+if TYPE_CHECKING:
+    from ostreefs.store.repo import Repo
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+
+
+def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]]:
+    from ostreefs.cli import (
+        cmd_commit,
+        cmd_config,
+        cmd_fsck,
+        cmd_history,
+        cmd_index,
+        cmd_init,
+        cmd_read,
+        cmd_refs,
+    )
+
+    return {
+        "init": ("Create a new repository", cmd_init.setup),
+        "commit": ("Commit a new revision", cmd_commit.setup),
+        "refs": ("List, create or delete refs", cmd_refs.setup_refs),
+        "rev-parse": ("Print the commit a rev names", cmd_refs.setup_rev_parse),
+        "reset": ("Move a ref to a commit", cmd_refs.setup_reset),
+        "log": ("Show the history of a commit", cmd_history.setup_log),
+        "show": ("Show a commit", cmd_history.setup_show),
+        "ls": ("List files in a commit", cmd_read.setup_ls),
+        "cat": ("Print files of a commit", cmd_read.setup_cat),
+        "diff": ("List differences between commits or directories", cmd_read.setup_diff),
+        "checksum": ("Print the content checksum of a file", cmd_read.setup_checksum),
+        "config": ("Read or change the repository configuration", cmd_config.setup),
+        "fsck": ("Check the repository for consistency", cmd_fsck.setup),
+        "index": ("Verify or rebuild the derived index", cmd_index.setup),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ostreefs",
+                description="A content-addressed store for bootable filesystem trees. "
+                            "Repositories are OSTree repositories; commands accept "
+                            "ostree's command lines.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (helptext, setup) in _commands().items():
+        sp = sub.add_parser(name, help=helptext, description=helptext)
+        sp.add_argument("--repo", metavar="PATH",
+                        help="path to the repository (default: $OSTREE_REPO)")
+        sp.set_defaults(handler=setup(sp))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args_list = _hoist_global_repo(args_list)
+        parser = build_parser()
+        if not args_list:
+            parser.print_help(sys.stderr)
+            return 1
+        args = parser.parse_args(args_list)
+        if args.version:
+            from importlib.metadata import version
+
+            print(f"ostreefs {version('ostreefs')}")
+            return 0
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return 1
+        if getattr(args, "repo", None) is None:
+            args.repo = os.environ.get("OSTREE_REPO")
+        rc: int = args.handler(args)
+        sys.stdout.flush()
+        return rc
+    except OstreefsError as e:
+        _err(str(e), e.hint)
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted", None)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        _err(f"{e.strerror or e}{where}", None)
+        return 1
+
+
+def _err(msg: str, hint: str | None) -> None:
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    msg = " ".join(msg.split("\n"))
+    sys.stderr.write(f"error: {msg}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+
+
+def _hoist_global_repo(argv: list[str]) -> list[str]:
+    """Let ``ostreefs --repo=R CMD`` mean ``ostreefs CMD --repo=R``, as people type both."""
+    out: list[str] = []
+    repo: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        a = argv[i]
+        if a.startswith("--repo="):
+            repo.append(a)
+        elif a == "--repo" and i + 1 < len(argv):
+            repo.append("--repo=" + argv[i + 1])
+            i += 1
+        else:
+            out.append(a)
+        i += 1
+    if i < len(argv):
+        out.append(argv[i])
+        out.extend(repo)
+        out.extend(argv[i + 1:])
+    else:
+        out.extend(repo)
+    return out
+
+
+def need_repo(args: argparse.Namespace) -> str:
+    if not args.repo:
+        raise UsageError("Command requires a --repo argument",
+                         hint="pass --repo=PATH or set OSTREE_REPO")
+    return str(args.repo)
+
+
+def open_repo(args: argparse.Namespace) -> Repo:
+    from ostreefs.store.repo import Repo
+
+    return Repo.open(need_repo(args))
+
+
+def entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

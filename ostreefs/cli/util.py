@@ -1,0 +1,60 @@
+"""Parsing helpers shared by commands: dates, KEY=VALUE pairs, booleans."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from ostreefs.errors import UsageError
+
+_TZ = re.compile(r"^(?P<dt>.*?)\s*(?P<tz>Z|UTC|[+-]\d{2}:?\d{2})?$")
+
+
+def parse_timestamp(text: str) -> int:
+    """A date as ``--timestamp`` takes it: ``@SECONDS`` or an ISO-like date and time."""
+    s = text.strip()
+    if s.startswith("@"):
+        try:
+            return int(s[1:])
+        except ValueError:
+            raise UsageError(f"Could not parse '{text}'") from None
+    m = _TZ.match(s)
+    assert m is not None
+    body, tz = m.group("dt").replace("T", " ").strip(), m.group("tz")
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            dt = datetime.strptime(body, fmt)
+            break
+        except ValueError:
+            continue
+    else:
+        raise UsageError(f"Could not parse '{text}'",
+                         hint="use @SECONDS or 'YYYY-MM-DD HH:MM:SS +0000'")
+    if tz in (None,):
+        return int(dt.astimezone(UTC).timestamp())
+    if tz in ("Z", "UTC"):
+        return int(dt.replace(tzinfo=UTC).timestamp())
+    sign = 1 if tz[0] == "+" else -1
+    digits = tz[1:].replace(":", "")
+    offset = sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    return int(dt.replace(tzinfo=UTC).timestamp()) - offset
+
+
+def split_kv(text: str, what: str) -> tuple[str, str]:
+    k, eq, v = text.partition("=")
+    if not eq or not k:
+        raise UsageError(f"Missing '=' in KEY=VALUE {what} '{text}'")
+    return k, v
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("true", "yes", "1"):
+        return True
+    if t in ("false", "no", "0"):
+        return False
+    raise UsageError(f"Invalid boolean '{text}'")
+
+
+def format_date(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")

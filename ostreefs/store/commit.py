@@ -1,0 +1,481 @@
+"""Building commits from directories and existing trees.
+
+What ostree hashes is decided here: owner, mode and xattrs after the commit modifiers
+(``--owner-uid``, ``--canonical-permissions``, ``--no-xattrs``, and what bare-user-only
+forces), then the file bytes. Regular files are hashed and written by a thread pool
+(hashlib, zlib and file I/O release the GIL); the walk itself stays on one thread so
+trees are built in a deterministic order.
+
+A stat cache in the index maps a file's identity and stat to the content checksum it
+had, so re-committing an unchanged tree reads no file data at all.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ostreefs import _fs
+from ostreefs.errors import MalformedData, StoreError, UsageError
+from ostreefs.store.config import RepoMode
+from ostreefs.store.gvariant import Variant
+from ostreefs.store.index import RACY_NS, stat_key
+from ostreefs.store.objects import (
+    EMPTY_DIRTREE,
+    Commit,
+    DirMeta,
+    DirTree,
+    FileHeader,
+    ObjectType,
+    normalize_xattrs,
+)
+from ostreefs.store.refs import RefSpec, resolve_ref, rev_parse, set_ref
+from ostreefs.store.repo import Repo
+from ostreefs.store.transaction import SMALL_FILE, Transaction, TransactionStats
+
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class CommitModifier:
+    """How file metadata is changed on its way into a commit."""
+
+    owner_uid: int | None = None
+    owner_gid: int | None = None
+    canonical_permissions: bool = False
+    no_xattrs: bool = False
+
+    @classmethod
+    def for_repo(cls, repo: Repo, **kw: object) -> CommitModifier:
+        m = cls(**kw)  # type: ignore[arg-type]
+        if repo.mode is RepoMode.BARE_USER_ONLY:
+            m = cls(m.owner_uid, m.owner_gid, True, True)
+        return m
+
+    def apply(self, mode: int, uid: int, gid: int,
+              xattrs: tuple[tuple[bytes, bytes], ...]) -> tuple[int, int, int,
+                                                                tuple[tuple[bytes, bytes], ...]]:
+        if self.owner_uid is not None:
+            uid = self.owner_uid
+        if self.owner_gid is not None:
+            gid = self.owner_gid
+        if self.canonical_permissions:
+            uid = gid = 0
+            if not stat.S_ISLNK(mode):
+                mode = stat.S_IFMT(mode) | (mode & 0o755)
+        if self.no_xattrs:
+            xattrs = ()
+        return mode, uid, gid, xattrs
+
+    def signature(self) -> bytes:
+        return repr((self.owner_uid, self.owner_gid, self.canonical_permissions,
+                     self.no_xattrs)).encode()
+
+
+class MTree:
+    """A directory being built: either loaded from a commit or filled from disk."""
+
+    __slots__ = ("files", "dirs", "meta", "base")
+
+    def __init__(self) -> None:
+        self.files: dict[str, str | Future[str]] = {}
+        self.dirs: dict[str, MTree] = {}
+        self.meta: str | None = None
+        #: (dirtree, dirmeta) of an unmodified tree taken from a commit, if any.
+        self.base: tuple[str, str] | None = None
+
+    def expand(self, repo: Repo) -> None:
+        """Turn a borrowed commit tree into editable entries (one level)."""
+        if self.base is None:
+            return
+        tree_csum, meta_csum = self.base
+        self.base = None
+        tree = repo.load_dirtree(tree_csum)
+        self.meta = self.meta or meta_csum
+        for n, c in tree.files:
+            self.files.setdefault(n, c)
+        for n, t, m in tree.dirs:
+            if n not in self.dirs:
+                child = MTree()
+                child.base = (t, m)
+                child.meta = m
+                self.dirs[n] = child
+
+
+@dataclass
+class CommitOptions:
+    """Everything ``ostree commit`` lets a user say, with ostree's defaults."""
+
+    branch: str | None = None
+    subject: str = ""
+    body: str = ""
+    parent: str | None = None  # a rev; None = the branch head; "none" = no parent
+    orphan: bool = False
+    timestamp: int | None = None
+    metadata: list[tuple[str, Variant]] = field(default_factory=list)
+    detached_metadata: list[tuple[str, Variant]] = field(default_factory=list)
+    keep_metadata: list[str] = field(default_factory=list)
+    bind_refs: list[str] = field(default_factory=list)
+    no_bindings: bool = False
+    modifier: CommitModifier = field(default_factory=CommitModifier)
+    skip_if_unchanged: bool = False
+    consume: bool = False
+    fsync: bool | None = None
+    use_stat_cache: bool = True
+    threads: int | None = None
+
+
+@dataclass
+class CommitResult:
+    checksum: str
+    stats: TransactionStats
+    skipped: bool = False
+    root_tree: str = ""
+    root_meta: str = ""
+
+
+@dataclass(frozen=True)
+class TreeSource:
+    """One ``--tree=KIND=VALUE``: a directory on disk or an existing commit's tree."""
+
+    kind: str  # "dir" or "ref"
+    value: str
+
+
+class _Writer:
+    """Walks directories into MTrees, feeding file work to a pool."""
+
+    def __init__(self, repo: Repo, txn: Transaction, modifier: CommitModifier,
+                 use_cache: bool, threads: int | None) -> None:
+        self.repo = repo
+        self.txn = txn
+        self.mod = modifier
+        self.mod_sig = modifier.signature()
+        self.index = None
+        if use_cache:
+            try:
+                self.index = repo.index
+            except StoreError:
+                self.index = None
+        n = threads or min(8, (os.cpu_count() or 2) * 2)
+        self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ostreefs-commit")
+        self.by_inode: dict[tuple[int, int], Future[str]] = {}
+        self.cache_puts: list[tuple[bytes, str, int]] = []
+        self._puts_lock = threading.Lock()
+        self._batch: list[tuple[str, FileHeader, int, Future[str], bytes | None]] = []
+        self._batch_bytes = 0
+        self.consumed: list[str] = []
+
+    # ------------------------------------------------------------------ walk
+
+    def add_dir(self, path: str, into: MTree, consume: bool) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise StoreError(f"Cannot commit {path}: no such directory") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"Cannot commit {path}: not a directory")
+        self._walk(path, st, into, consume)
+        self._flush_batch()
+
+    def _xattrs(self, path: str) -> tuple[tuple[bytes, bytes], ...]:
+        if self.mod.no_xattrs:
+            return ()
+        try:
+            return normalize_xattrs(_fs.list_xattrs(path))
+        except OSError as e:
+            raise StoreError(f"Cannot read xattrs of {path}: {e.strerror}") from None
+
+    def _walk(self, path: str, st: os.stat_result, node: MTree, consume: bool) -> None:
+        node.expand(self.repo)
+        mode, uid, gid, xattrs = self.mod.apply(st.st_mode, st.st_uid, st.st_gid,
+                                                self._xattrs(path))
+        node.meta = self.txn.write_metadata(
+            ObjectType.DIR_META, DirMeta(uid, gid, mode, xattrs).to_bytes())
+        try:
+            entries = list(os.scandir(path))
+        except OSError as e:
+            raise StoreError(f"Cannot read directory {path}: {e.strerror}") from None
+        cache_keys: list[tuple[os.DirEntry[str], os.stat_result, bytes]] = []
+        for entry in entries:
+            name = entry.name
+            _check_name(name, path)
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            fmt = stat.S_IFMT(est.st_mode)
+            if fmt == stat.S_IFDIR:
+                node.files.pop(name, None)
+                child = node.dirs.get(name)
+                if child is None:
+                    child = node.dirs[name] = MTree()
+                self._walk(entry.path, est, child, consume)
+            elif fmt == stat.S_IFLNK:
+                node.dirs.pop(name, None)
+                node.files[name] = self._symlink(entry.path, est)
+            elif fmt == stat.S_IFREG:
+                node.dirs.pop(name, None)
+                cache_keys.append((entry, est, stat_key(est, self.mod_sig)))
+            else:
+                raise StoreError(f"Unsupported file type for {entry.path}",
+                                 hint="ostree stores only files, symlinks and directories")
+            if consume and fmt != stat.S_IFDIR:
+                self.consumed.append(entry.path)
+        if not cache_keys:
+            return
+        hits = (self.index.stat_lookup_many([k for _, _, k in cache_keys])
+                if self.index is not None else [None] * len(cache_keys))
+        for (entry, est, key), hit in zip(cache_keys, hits, strict=True):
+            if (hit is not None and est.st_ctime_ns + RACY_NS < hit[1]
+                    and self.repo.has_object(hit[0], ObjectType.FILE)):
+                node.files[entry.name] = hit[0]
+                continue
+            node.files[entry.name] = self._regular(entry.path, est, key)
+
+    def _symlink(self, path: str, st: os.stat_result) -> str:
+        target = os.readlink(path)
+        mode, uid, gid, xattrs = self.mod.apply(st.st_mode, st.st_uid, st.st_gid,
+                                                self._xattrs(path))
+        return self.txn.write_symlink(FileHeader(uid, gid, mode, target, xattrs))
+
+    def _regular(self, path: str, st: os.stat_result, key: bytes) -> Future[str]:
+        ino = (st.st_dev, st.st_ino)
+        fut = self.by_inode.get(ino)
+        if fut is not None and st.st_nlink > 1:
+            return fut
+        mode, uid, gid, xattrs = self.mod.apply(st.st_mode, st.st_uid, st.st_gid,
+                                                self._xattrs(path))
+        header = FileHeader(uid, gid, mode, "", xattrs)
+        fut = Future()
+        if st.st_nlink > 1:
+            self.by_inode[ino] = fut
+        if st.st_size > SMALL_FILE:
+            self.pool.submit(self._run_batch, [(path, header, st.st_size, fut, key)])
+        else:
+            self._batch.append((path, header, st.st_size, fut, key))
+            self._batch_bytes += st.st_size
+            if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
+                self._flush_batch()
+        return fut
+
+    def _flush_batch(self) -> None:
+        if self._batch:
+            self.pool.submit(self._run_batch, self._batch)
+            self._batch = []
+            self._batch_bytes = 0
+
+    def _run_batch(self, batch: list[tuple[str, FileHeader, int, Future[str],
+                                           bytes | None]]) -> None:
+        puts = []
+        for path, header, size, fut, key in batch:
+            if fut.done():
+                continue
+            try:
+                t0 = time.time_ns()
+                csum = self._hash_and_store(path, header, size)
+                fut.set_result(csum)
+                if key is not None:
+                    puts.append((key, csum, t0))
+            except BaseException as e:  # noqa: B036 - delivered to the walker
+                fut.set_exception(e)
+        if puts:
+            with self._puts_lock:
+                self.cache_puts.extend(puts)
+
+    def _hash_and_store(self, path: str, header: FileHeader, size: int) -> str:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            raise StoreError(f"Cannot read {path}: {e.strerror}") from None
+        try:
+            if size <= SMALL_FILE:
+                data = os.read(fd, size + 1) if size else b""
+                while len(data) < size + 1:
+                    more = os.read(fd, size + 1 - len(data))
+                    if not more:
+                        break
+                    data += more
+                if len(data) != size:
+                    raise StoreError(f"{path} changed size while being committed")
+                return self.txn.write_file_bytes(header, data)
+            return self.txn.write_file_stream(header, fd, size)
+        finally:
+            os.close(fd)
+
+    # -------------------------------------------------------------- finish
+
+    def write_tree(self, node: MTree) -> tuple[str, str]:
+        """Write dirtrees bottom-up; returns (dirtree, dirmeta) of ``node``."""
+        if node.base is not None:
+            return node.base
+        files = {}
+        for name, v in node.files.items():
+            files[name] = v if isinstance(v, str) else v.result()
+        dirs = {name: self.write_tree(child) for name, child in node.dirs.items()}
+        if node.meta is None:
+            raise StoreError("internal: directory without metadata")
+        tree = DirTree.build(files, dirs)
+        data = tree.to_bytes()
+        csum = self.txn.write_metadata(ObjectType.DIR_TREE, data)
+        return csum, node.meta
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_name(name: str, parent: str) -> None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"Invalid UTF-8 in file name under {parent}: {name!r}",
+                         hint="ostree stores only UTF-8 names") from None
+
+
+def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
+           progress: Callable[[str], None] | None = None) -> CommitResult:
+    """Commit the union of ``sources`` (later ones overlay earlier) and move the branch.
+
+    Returns the commit checksum; with ``skip_if_unchanged`` and a tree equal to the
+    parent's, returns the parent and writes nothing.
+    """
+    sources = list(sources)
+    if not sources:
+        sources = [TreeSource("dir", ".")]
+    if opts.branch is None and not opts.orphan:
+        raise UsageError("A branch must be specified with -b or use --orphan")
+    branch = RefSpec.parse(opts.branch) if opts.branch else None
+    for b in opts.bind_refs:
+        RefSpec.parse(b)
+    with repo.lock():
+        parent = _resolve_parent(repo, opts, branch)
+        txn = repo.transaction(fsync=opts.fsync)
+        try:
+            writer = _Writer(repo, txn, opts.modifier, opts.use_stat_cache, opts.threads)
+            try:
+                root = MTree()
+                for src in sources:
+                    if src.kind == "dir":
+                        writer.add_dir(src.value, root, opts.consume)
+                    elif src.kind == "ref":
+                        c = repo.load_commit(rev_parse(repo, src.value))
+                        _overlay_commit_tree(repo, root, c.root_tree, c.root_meta)
+                    else:
+                        raise UsageError(f"Invalid --tree kind '{src.kind}'",
+                                         hint="use --tree=dir=PATH or --tree=ref=REV")
+                if root.meta is None and root.base is None:
+                    root.meta = txn.write_metadata(
+                        ObjectType.DIR_META, DirMeta(0, 0, 0o40755).to_bytes())
+                root_tree, root_meta = writer.write_tree(root)
+            finally:
+                writer.close()
+            parent_commit = repo.load_commit(parent) if parent else None
+            if (opts.skip_if_unchanged and parent_commit is not None
+                    and parent_commit.root_tree == root_tree
+                    and parent_commit.root_meta == root_meta):
+                txn.abort()
+                return CommitResult(parent, txn.stats, True, root_tree, root_meta)
+            metadata = _build_metadata(repo, opts, branch, parent_commit)
+            ts = opts.timestamp if opts.timestamp is not None else int(time.time())
+            c = Commit(root_tree, root_meta, opts.subject, opts.body, ts, parent,
+                       tuple(metadata))
+            checksum = txn.write_metadata(ObjectType.COMMIT, c.to_bytes())
+            written = txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        if opts.detached_metadata:
+            repo.write_detached_metadata(checksum, tuple(opts.detached_metadata))
+        if branch is not None:
+            set_ref(repo, branch, checksum, fsync=opts.fsync, reason="commit")
+        _update_index(repo, written, writer.cache_puts)
+        if opts.consume:
+            for p in writer.consumed:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+        return CommitResult(checksum, txn.stats, False, root_tree, root_meta)
+
+
+def _update_index(repo: Repo, written: list[tuple[str, ObjectType, int]],
+                  cache_puts: list[tuple[bytes, str, int]]) -> None:
+    """Record what the commit wrote; the objects are already durable, so this may fail."""
+    try:
+        idx = repo.index
+        idx.record_objects(written)
+        if cache_puts:
+            idx.stat_store_many(cache_puts)
+    except (StoreError, OSError):
+        pass
+
+
+def _overlay_commit_tree(repo: Repo, node: MTree, tree: str, meta: str) -> None:
+    if node.meta is None and not node.files and not node.dirs and node.base is None:
+        node.base = (tree, meta)
+        node.meta = meta
+        return
+    node.expand(repo)
+    node.meta = meta
+    t = repo.load_dirtree(tree)
+    for n, c in t.files:
+        node.dirs.pop(n, None)
+        node.files[n] = c
+    for n, dt, dm in t.dirs:
+        node.files.pop(n, None)
+        child = node.dirs.get(n)
+        if child is None:
+            child = node.dirs[n] = MTree()
+        _overlay_commit_tree(repo, child, dt, dm)
+
+
+def _resolve_parent(repo: Repo, opts: CommitOptions, branch: RefSpec | None) -> str | None:
+    if opts.parent is not None:
+        if opts.parent == "none":
+            return None
+        return rev_parse(repo, opts.parent)
+    if opts.orphan or branch is None:
+        return None
+    return resolve_ref(repo, branch)
+
+
+def _build_metadata(repo: Repo, opts: CommitOptions, branch: RefSpec | None,
+                    parent: Commit | None) -> list[tuple[str, Variant]]:
+    """Commit metadata in ostree's order: given keys, kept keys, then bindings."""
+    md: list[tuple[str, Variant]] = list(opts.metadata)
+    if opts.keep_metadata:
+        if parent is None:
+            raise UsageError("Either --branch or --parent must be specified when using "
+                             "--keep-metadata")
+        pmeta = dict(parent.metadata)
+        for k in opts.keep_metadata:
+            if k in pmeta:
+                md.append((k, pmeta[k]))
+    if not opts.no_bindings:
+        refs = sorted({*( [branch.name] if branch else []), *opts.bind_refs},
+                      key=lambda s: s.encode())
+        keys = {k for k, _ in md}
+        if "ostree.ref-binding" not in keys:
+            md.append(("ostree.ref-binding", Variant("as", refs)))
+        cid = repo.collection_id
+        if cid and "ostree.collection-binding" not in keys:
+            md.append(("ostree.collection-binding", Variant("s", cid)))
+    return md
+
+
+def check_tree(repo: Repo, tree: str) -> None:
+    """Refuse a dirtree that cannot be loaded (used by callers that walk trees)."""
+    try:
+        repo.load_dirtree(tree)
+    except MalformedData as e:
+        raise StoreError(str(e)) from None
+
+
+__all__ = ["commit", "CommitOptions", "CommitModifier", "CommitResult", "TreeSource",
+           "EMPTY_DIRTREE"]

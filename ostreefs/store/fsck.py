@@ -1,0 +1,211 @@
+"""Checking a repository: every object's checksum, every commit's closure, the index.
+
+Each problem names the object by checksum and the commits and paths that reach it, so
+a user knows what is damaged, not only that something is. ``delete=True`` removes
+corrupt objects and marks the commits that reach them partial
+(``state/C.commitpartial`` holding ``f``, as ostree's fsck writes), so a later pull
+refetches them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ostreefs.errors import CorruptObject, MalformedData, ObjectMissing, StoreError
+from ostreefs.store.objects import Commit, ObjectType
+from ostreefs.store.refs import list_refs
+from ostreefs.store.repo import Repo
+
+
+@dataclass
+class Problem:
+    checksum: str
+    otype: ObjectType
+    kind: str  # "corrupt" or "missing"
+    detail: str
+    commits: list[str] = field(default_factory=list)
+    path: str = ""
+
+    def describe(self) -> str:
+        where = ""
+        if self.commits:
+            where = f" (in commit{'s' if len(self.commits) > 1 else ''} " \
+                    f"{', '.join(self.commits[:3])}{' …' if len(self.commits) > 3 else ''}" \
+                    f"{', path ' + self.path if self.path else ''})"
+        return f"{self.kind} {self.otype.value} object {self.checksum}{where}: {self.detail}"
+
+
+@dataclass
+class FsckReport:
+    refs: int = 0
+    commits: int = 0
+    objects: int = 0
+    partial_commits: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    ref_problems: list[str] = field(default_factory=list)
+    index_repairs: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.ref_problems and not self.partial_commits
+
+
+def verify_object(repo: Repo, checksum: str, otype: ObjectType) -> str | None:
+    """Recompute an object's checksum; return what is wrong with it, or None."""
+    try:
+        if otype is ObjectType.FILE:
+            header, size = repo.load_file_header(checksum)
+            h = hashlib.sha256(header.checksum_header())
+            total = 0
+            if not header.is_symlink:
+                for block in repo.iter_file_payload(checksum):
+                    h.update(block)
+                    total += len(block)
+                if total != size:
+                    return f"size {total} does not match the recorded {size}"
+            actual = h.hexdigest()
+        elif otype is ObjectType.COMMIT_META:
+            from ostreefs.store.objects import decode_metadata
+
+            decode_metadata(repo.read_metadata(checksum, otype))
+            return None
+        else:
+            data = repo.read_metadata(checksum, otype)
+            actual = hashlib.sha256(data).hexdigest()
+            if actual == checksum:
+                _parse_meta(repo, checksum, otype)
+    except ObjectMissing:
+        return "missing"
+    except (CorruptObject, MalformedData) as e:
+        return str(e)
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    if actual != checksum:
+        return f"checksum expected='{checksum}' actual='{actual}'"
+    return None
+
+
+def _parse_meta(repo: Repo, checksum: str, otype: ObjectType) -> None:
+    if otype is ObjectType.COMMIT:
+        repo.load_commit(checksum)
+    elif otype is ObjectType.DIR_TREE:
+        repo.load_dirtree(checksum)
+    elif otype is ObjectType.DIR_META:
+        repo.load_dirmeta(checksum)
+
+
+def _closure(repo: Repo, commit: Commit, cid: str,
+             reach: dict[tuple[str, ObjectType], tuple[list[str], str]]) -> None:
+    """Record every object a commit reaches, with the first path that reaches it."""
+    stack = [("/", commit.root_tree, commit.root_meta)]
+    while stack:
+        path, tree_c, meta_c = stack.pop()
+        for key in ((meta_c, ObjectType.DIR_META), (tree_c, ObjectType.DIR_TREE)):
+            seen = reach.get(key)
+            if seen is None:
+                reach[key] = ([cid], path)
+            elif cid not in seen[0]:
+                seen[0].append(cid)
+        try:
+            tree = repo.load_dirtree(tree_c)
+        except (ObjectMissing, CorruptObject):
+            continue  # reported when the object itself is checked
+        base = "" if path == "/" else path
+        for name, c in tree.files:
+            key = (c, ObjectType.FILE)
+            seen = reach.get(key)
+            if seen is None:
+                reach[key] = ([cid], f"{base}/{name}")
+            elif cid not in seen[0]:
+                seen[0].append(cid)
+        for name, t, m in tree.dirs:
+            if (t, ObjectType.DIR_TREE) in reach and cid in reach[(t, ObjectType.DIR_TREE)][0]:
+                continue
+            stack.append((f"{base}/{name}", t, m))
+
+
+def fsck(repo: Repo, delete: bool = False, threads: int | None = None,
+         progress: Callable[[int, int], None] | None = None) -> FsckReport:
+    """Verify the repository; see the module docstring."""
+    rep = FsckReport()
+    with repo.lock(exclusive=delete):
+        refs = list_refs(repo)
+        rep.refs = len(refs)
+        on_disk = dict.fromkeys(repo.iter_objects())
+        for name, target in sorted(refs.items()):
+            if (target, ObjectType.COMMIT) not in on_disk:
+                rep.ref_problems.append(f"ref {name} points to missing commit {target}")
+        commits = [c for c, t in on_disk if t is ObjectType.COMMIT]
+        rep.commits = len(commits)
+        reach: dict[tuple[str, ObjectType], tuple[list[str], str]] = {}
+        for cid in sorted(commits):
+            if (repo.path / "state" / f"{cid}.commitpartial").exists():
+                rep.partial_commits.append(cid)
+                continue
+            try:
+                c = repo.load_commit(cid)
+            except (CorruptObject, ObjectMissing):
+                continue
+            reach[(cid, ObjectType.COMMIT)] = ([cid], "")
+            _closure(repo, c, cid, reach)
+        for key, (cs, path) in reach.items():
+            if key not in on_disk:
+                rep.problems.append(Problem(key[0], key[1], "missing", "not in the repository",
+                                            sorted(cs), path))
+        todo = list(on_disk)
+        rep.objects = len(todo)
+        done = 0
+        with ThreadPoolExecutor(max_workers=threads or (os.cpu_count() or 2)) as pool:
+            for (csum, otype), err in zip(
+                    todo, pool.map(lambda k: verify_object(repo, k[0], k[1]), todo,
+                                   chunksize=64), strict=True):
+                done += 1
+                if progress is not None and (done % 1000 == 0 or done == len(todo)):
+                    progress(done, len(todo))
+                if err is None:
+                    continue
+                cs, path = reach.get((csum, otype), ([], ""))
+                rep.problems.append(Problem(csum, otype, "corrupt", err, sorted(cs), path))
+        if delete:
+            _delete_corrupt(repo, rep)
+        _check_index(repo, rep)
+    return rep
+
+
+def _delete_corrupt(repo: Repo, rep: FsckReport) -> None:
+    for p in rep.problems:
+        if p.kind != "corrupt":
+            continue
+        try:
+            os.unlink(repo.object_path(p.checksum, p.otype))
+            rep.deleted.append(p.checksum)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StoreError(f"Cannot delete {p.checksum}: {e.strerror}") from None
+    for p in rep.problems:
+        for cid in p.commits:
+            mark = repo.path / "state" / f"{cid}.commitpartial"
+            if not mark.exists():
+                mark.parent.mkdir(exist_ok=True)
+                mark.write_bytes(b"f")
+
+
+def _check_index(repo: Repo, rep: FsckReport) -> None:
+    """Bring the index up to date and report what it had to repair (not a fault)."""
+    try:
+        idx = repo.index
+        before = idx.verify()
+        if before:
+            idx.sync()
+            rep.index_repairs = before
+            after = idx.verify()
+            if after:
+                idx.rebuild()
+    except (StoreError, OSError) as e:
+        rep.index_repairs.append(f"index unavailable: {e}")

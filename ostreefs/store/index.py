@@ -1,0 +1,305 @@
+"""The LMDB index beside the objects: derived data that makes the store fast.
+
+Databases:
+
+``catalog``  raw checksum + type byte -> object size (u64 BE)
+``commits``  raw commit -> raw parent (or empty) + timestamp (u64 BE)
+``children`` raw parent + raw child -> empty
+``reflog``   ref + NUL + time_ns (u64 BE) -> raw old + raw new (zeros for none)
+``stat``     xxh3-128 of a source file's identity, stat and commit modifiers ->
+             raw content checksum + the time it was hashed (u64 BE ns)
+``dirs``     "XX" -> mtime_ns of ``objects/XX`` when the catalog last matched it
+
+The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
+with the recorded one and rescans only the directories that changed, which catches a
+crash between an object write and its index update as well as ostree writing to the
+same repo. The stat cache is only a hint: a hit is used only if the object it names is
+on disk, and an entry is trusted only if the file's ctime is safely older than the
+moment it was hashed (a file rewritten within one timestamp tick is rehashed).
+xxhash keys the cache; object identity is always SHA-256.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+import xxhash
+
+from ostreefs.errors import CorruptObject, MalformedData, StoreError
+from ostreefs.store.objects import ObjectType, is_checksum
+
+if TYPE_CHECKING:
+    from ostreefs.store.repo import Repo
+
+INDEX_DIR = "ostreefs-index"
+SCHEMA = b"1"
+_TYPES = list(ObjectType)
+_TYPE_BYTE = {t: bytes([i]) for i, t in enumerate(_TYPES)}
+#: A cached hash is trusted only if the file's ctime is this much older than the hash.
+RACY_NS = 50_000_000
+#: A directory mtime this close to now may still change within the same tick.
+DIR_SETTLE_NS = 2_000_000_000
+
+
+def stat_key(st: os.stat_result, modifier_sig: bytes) -> bytes:
+    packed = struct.pack(
+        "<QQQqqIII", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+        st.st_mode, st.st_uid, st.st_gid,
+    )
+    return xxhash.xxh3_128_digest(packed + modifier_sig)
+
+
+class Index:
+    """An open index; all methods are safe to call from several processes."""
+
+    def __init__(self, repo: Repo, env: Any) -> None:
+        self.repo = repo
+        self.env = env
+        self.catalog = env.open_db(b"catalog")
+        self.commits = env.open_db(b"commits")
+        self.children = env.open_db(b"children")
+        self.reflog = env.open_db(b"reflog")
+        self.stat = env.open_db(b"stat")
+        self.dirs = env.open_db(b"dirs")
+        self.info = env.open_db(b"info")
+
+    @classmethod
+    def open(cls, repo: Repo) -> Index:
+        path = repo.path / INDEX_DIR
+        try:
+            path.mkdir(exist_ok=True)
+            env = lmdb.open(str(path), map_size=1 << 34, max_dbs=8, subdir=True,
+                            sync=False, metasync=False, lock=True)
+        except (lmdb.Error, OSError) as e:
+            raise StoreError(f"Cannot open the index in {path}: {e}",
+                             hint="run 'ostreefs index rebuild'") from None
+        idx = cls(repo, env)
+        with env.begin(write=True) as txn:
+            if txn.get(b"schema", db=idx.info) not in (None, SCHEMA):
+                txn.drop(idx.catalog, delete=False)
+                txn.drop(idx.commits, delete=False)
+                txn.drop(idx.children, delete=False)
+                txn.drop(idx.dirs, delete=False)
+                txn.drop(idx.stat, delete=False)
+            txn.put(b"schema", SCHEMA, db=idx.info)
+        return idx
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ------------------------------------------------------------ object catalog
+
+    def record_objects(self, written: Iterable[tuple[str, ObjectType, int]]) -> None:
+        """Add objects a transaction just made visible (the commit graph included)."""
+        with self.env.begin(write=True) as txn:
+            for checksum, otype, size in written:
+                raw = bytes.fromhex(checksum)
+                txn.put(raw + _TYPE_BYTE[otype], struct.pack(">Q", size), db=self.catalog)
+                if otype is ObjectType.COMMIT:
+                    self._add_commit(txn, checksum)
+
+    def _add_commit(self, txn: Any, checksum: str) -> None:
+        try:
+            commit = self.repo.load_commit(checksum)
+        except (CorruptObject, MalformedData, StoreError):
+            return
+        raw = bytes.fromhex(checksum)
+        parent = bytes.fromhex(commit.parent) if commit.parent else b""
+        txn.put(raw, parent + struct.pack(">Q", commit.timestamp), db=self.commits)
+        if parent:
+            txn.put(parent + raw, b"", db=self.children)
+
+    def _remove(self, txn: Any, raw: bytes, otype: ObjectType) -> None:
+        txn.delete(raw + _TYPE_BYTE[otype], db=self.catalog)
+        if otype is ObjectType.COMMIT:
+            val = txn.get(raw, db=self.commits)
+            if val is not None and len(val) == 40:
+                txn.delete(val[:32] + raw, db=self.children)
+            txn.delete(raw, db=self.commits)
+
+    def sync(self) -> int:
+        """Bring the catalog in line with ``objects/``; return how many dirs were rescanned."""
+        objdir = self.repo.path / "objects"
+        rescanned = 0
+        now = time.time_ns()
+        with self.env.begin(write=True) as txn:
+            for n in range(256):
+                sub = f"{n:02x}"
+                try:
+                    mtime = os.stat(objdir / sub).st_mtime_ns
+                except FileNotFoundError:
+                    mtime = 0
+                old = txn.get(sub.encode(), db=self.dirs)
+                if old is not None and int(old) == mtime and mtime != 0:
+                    continue
+                if old is None and mtime == 0:
+                    continue
+                self._rescan(txn, sub, objdir / sub)
+                rescanned += 1
+                settled = now - mtime > DIR_SETTLE_NS
+                txn.put(sub.encode(), str(mtime if settled else -1).encode(), db=self.dirs)
+        return rescanned
+
+    def _rescan(self, txn: Any, sub: str, path: Path) -> None:
+        from ostreefs.store.repo import _parse_object_name
+
+        on_disk: dict[bytes, tuple[str, ObjectType]] = {}
+        try:
+            names = os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            for csum, otype in _parse_object_name(sub, name):
+                on_disk[bytes.fromhex(csum) + _TYPE_BYTE[otype]] = (csum, otype)
+        first = bytes([int(sub, 16)])
+        cur = txn.cursor(db=self.catalog)
+        stale = []
+        if cur.set_range(first):
+            for key in cur.iternext(keys=True, values=False):
+                if key[:1] != first:
+                    break
+                if key not in on_disk:
+                    stale.append(key)
+        for key in stale:
+            self._remove(txn, key[:32], _TYPES[key[32]])
+        for key, (csum, otype) in on_disk.items():
+            if txn.get(key, db=self.catalog) is not None:
+                continue
+            try:
+                size = os.lstat(self.repo.object_path(csum, otype)).st_size
+            except FileNotFoundError:
+                continue
+            txn.put(key, struct.pack(">Q", size), db=self.catalog)
+            if otype is ObjectType.COMMIT:
+                self._add_commit(txn, csum)
+
+    def rebuild(self) -> None:
+        """Throw the derived data away and recompute it from the objects and reflogs."""
+        with self.env.begin(write=True) as txn:
+            for db in (self.catalog, self.commits, self.children, self.dirs, self.stat,
+                       self.reflog):
+                txn.drop(db, delete=False)
+        self.sync()
+        self._load_reflogs()
+
+    def _load_reflogs(self) -> None:
+        from ostreefs.store.refs import REFLOG_DIR, RefSpec, read_reflog
+
+        base = self.repo.path / REFLOG_DIR / "refs"
+        specs: list[RefSpec] = []
+        for kind in ("heads", "remotes"):
+            root = base / kind
+            if not root.is_dir():
+                continue
+            for dirpath, _d, files in os.walk(root):
+                for f in files:
+                    rel = str((Path(dirpath) / f).relative_to(root))
+                    if kind == "heads":
+                        specs.append(RefSpec(rel))
+                    else:
+                        remote, _, name = rel.partition("/")
+                        specs.append(RefSpec(name, remote))
+        with self.env.begin(write=True) as txn:
+            for spec in specs:
+                for e in read_reflog(self.repo, spec):
+                    self._put_reflog(txn, str(spec), e.time_ns, e.old, e.new)
+
+    def _put_reflog(self, txn: Any, ref: str, t: int, old: str | None,
+                    new: str | None) -> None:
+        zero = b"\0" * 32
+        txn.put(ref.encode() + b"\0" + struct.pack(">Q", t),
+                (bytes.fromhex(old) if old else zero) + (bytes.fromhex(new) if new else zero),
+                db=self.reflog)
+
+    def record_ref_move(self, ref: str, old: str | None, new: str | None) -> None:
+        with self.env.begin(write=True) as txn:
+            self._put_reflog(txn, ref, time.time_ns(), old, new)
+
+    def reflog_entries(self, ref: str) -> list[tuple[int, str | None, str | None]]:
+        prefix = ref.encode() + b"\0"
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.reflog)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix) or len(k) != len(prefix) + 8:
+                        break
+                    old, new = v[:32], v[32:]
+                    out.append((struct.unpack(">Q", k[-8:])[0],
+                                old.hex() if any(old) else None,
+                                new.hex() if any(new) else None))
+        return out
+
+    # --------------------------------------------------------------- queries
+
+    def commits_list(self) -> list[str]:
+        with self.env.begin() as txn:
+            return [k.hex() for k in txn.cursor(db=self.commits).iternext(values=False)]
+
+    def objects(self) -> Iterator[tuple[str, ObjectType, int]]:
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.catalog):
+                yield k[:32].hex(), _TYPES[k[32]], struct.unpack(">Q", v)[0]
+
+    def object_count(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.catalog)["entries"])
+
+    def parent_of(self, commit: str) -> str | None:
+        with self.env.begin() as txn:
+            v = txn.get(bytes.fromhex(commit), db=self.commits)
+        if v is None or len(v) != 40:
+            return None
+        return v[:32].hex()
+
+    def children_of(self, commit: str) -> list[str]:
+        raw = bytes.fromhex(commit)
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.children)
+            if cur.set_range(raw):
+                for k in cur.iternext(values=False):
+                    if k[:32] != raw:
+                        break
+                    out.append(k[32:].hex())
+        return out
+
+    def verify(self) -> list[str]:
+        """Differences between the catalog and ``objects/``, as messages (empty: in sync)."""
+        on_disk = {(c, t) for c, t in self.repo.iter_objects()}
+        indexed = {(c, t) for c, t, _ in self.objects()}
+        problems = [f"index lacks {c}.{t.value}" for c, t in sorted(on_disk - indexed,
+                                                                     key=str)]
+        problems += [f"index lists missing {c}.{t.value}"
+                     for c, t in sorted(indexed - on_disk, key=str)]
+        return problems
+
+    # -------------------------------------------------------------- stat cache
+
+    def stat_lookup_many(self, keys: list[bytes]) -> list[tuple[str, int] | None]:
+        out: list[tuple[str, int] | None] = []
+        with self.env.begin(buffers=False) as txn:
+            get = txn.get
+            db = self.stat
+            for k in keys:
+                v = get(k, db=db)
+                out.append(None if v is None or len(v) != 40
+                           else (v[:32].hex(), struct.unpack(">Q", v[32:])[0]))
+        return out
+
+    def stat_store_many(self, items: Iterable[tuple[bytes, str, int]]) -> None:
+        with self.env.begin(write=True) as txn:
+            put = txn.put
+            db = self.stat
+            for key, checksum, t in items:
+                if is_checksum(checksum):
+                    put(key, bytes.fromhex(checksum) + struct.pack(">Q", t), db=db)
+
+    def sync_to_disk(self) -> None:
+        self.env.sync(True)

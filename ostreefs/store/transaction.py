@@ -1,0 +1,344 @@
+"""Writing objects so that no partial object is ever visible.
+
+Objects are staged in a private directory under ``tmp/`` (``staging-BOOTID-RANDOM``,
+held by an OFD lock on ``<dir>-lock`` as ostree holds its own), each complete before it
+gets its final name there. :meth:`Transaction.commit` then makes the staged bytes
+durable with one ``syncfs`` (when the repo's fsync policy asks), renames them into
+``objects/``, and syncs again before the caller moves any ref. A process killed at any
+instant leaves only a staging directory, which the next transaction removes.
+
+Thread-safe: commit building calls :meth:`write_content` from a worker pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ostreefs import _fs
+from ostreefs.errors import StoreError
+from ostreefs.store.config import RepoMode
+from ostreefs.store.objects import FileHeader, ObjectType
+from ostreefs.store.repo import OSTREEMETA_XATTR, READ_CHUNK, Repo
+
+#: Files up to this size are read whole, hashed, and written only if new.
+SMALL_FILE = 1 << 20
+
+
+@dataclass
+class TransactionStats:
+    metadata_total: int = 0
+    metadata_written: int = 0
+    content_total: int = 0
+    content_written: int = 0
+    content_bytes_written: int = 0
+    written: list[tuple[str, ObjectType, int]] = field(default_factory=list)
+
+
+class Transaction:
+    """A set of object writes that becomes visible together."""
+
+    def __init__(self, repo: Repo, fsync: bool) -> None:
+        self.repo = repo
+        self.fsync = fsync
+        self.stats = TransactionStats()
+        self._mutex = threading.Lock()
+        self._staged: dict[tuple[str, ObjectType], Path] = {}
+        self._made_dirs: set[str] = set()
+        self._lock_cm = repo.lock(exclusive=False)
+        self._lock_cm.__enter__()
+        self._staging_lock_fd: int | None = None
+        try:
+            self._cleanup_stale_staging()
+            self.staging = self._make_staging()
+        except BaseException:
+            self._lock_cm.__exit__(None, None, None)
+            raise
+        self._done = False
+
+    # ------------------------------------------------------------------ staging
+
+    def _make_staging(self) -> Path:
+        tmp = self.repo.path / "tmp"
+        name = f"staging-{_fs.boot_id()}-{secrets.token_hex(6)}"
+        fd = os.open(tmp / f"{name}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if not _fs.try_ofd_lock(fd, _fs.LOCK_EX):
+            os.close(fd)
+            raise StoreError("staging directory lock is unexpectedly taken")
+        self._staging_lock_fd = fd
+        path = tmp / name
+        path.mkdir(mode=0o755)
+        return path
+
+    def _cleanup_stale_staging(self) -> None:
+        """Remove staging dirs whose owner died: their lock can be taken."""
+        tmp = self.repo.path / "tmp"
+        try:
+            names = os.listdir(tmp)
+        except FileNotFoundError:
+            (tmp).mkdir()
+            return
+        for n in names:
+            if not n.startswith("staging-") or n.endswith("-lock"):
+                continue
+            lock_path = tmp / f"{n}-lock"
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+            try:
+                if _fs.try_ofd_lock(fd, _fs.LOCK_EX):
+                    _rmtree(tmp / n)
+                    lock_path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+    def _stage_path(self, checksum: str, otype: ObjectType) -> Path:
+        final = self.repo.object_path(checksum, otype)
+        sub = checksum[:2]
+        if sub not in self._made_dirs:
+            (self.staging / sub).mkdir(exist_ok=True)
+            self._made_dirs.add(sub)
+        return self.staging / sub / final.name
+
+    def _have(self, checksum: str, otype: ObjectType) -> bool:
+        return (checksum, otype) in self._staged or self.repo.has_object(checksum, otype)
+
+    def _publish(self, tmp: Path, checksum: str, otype: ObjectType, size: int) -> None:
+        """Give a complete staged file its object name, unless a twin beat it there."""
+        with self._mutex:
+            if (checksum, otype) in self._staged:
+                tmp.unlink()
+                return
+            dest = self._stage_path(checksum, otype)
+            os.rename(tmp, dest)
+            self._staged[(checksum, otype)] = dest
+            self.stats.written.append((checksum, otype, size))
+            if otype is ObjectType.FILE:
+                self.stats.content_written += 1
+                self.stats.content_bytes_written += size
+            else:
+                self.stats.metadata_written += 1
+
+    def _tmpfile(self) -> Path:
+        return self.staging / _fs.tmp_name()
+
+    # ------------------------------------------------------------------- writes
+
+    def write_metadata(self, otype: ObjectType, data: bytes) -> str:
+        """Store a metadata object; return its checksum. Existing objects are not rewritten."""
+        checksum = hashlib.sha256(data).hexdigest()
+        with self._mutex:
+            self.stats.metadata_total += 1
+        if self._have(checksum, otype):
+            return checksum
+        tmp = self._tmpfile()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _fs.write_all(fd, data)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        self._publish(tmp, checksum, otype, len(data))
+        return checksum
+
+    def write_symlink(self, header: FileHeader) -> str:
+        """Store a symlink content object; return its checksum."""
+        checksum = hashlib.sha256(header.checksum_header()).hexdigest()
+        self._count_content()
+        if self._have(checksum, ObjectType.FILE):
+            return checksum
+        tmp = self._tmpfile()
+        mode = self.repo.mode
+        target = header.symlink_target
+        if mode is RepoMode.ARCHIVE:
+            self._write_regular_tmp(tmp, header.archive_header(0), 0o644)
+        elif mode is RepoMode.BARE_USER:
+            fd = self._write_regular_tmp(tmp, target.encode("utf-8", "surrogateescape") + b"\0",
+                                         0o644, keep_open=True)
+            try:
+                os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
+                os.utime(fd, ns=(0, 0))
+            finally:
+                os.close(fd)
+        else:
+            os.symlink(target, tmp)
+            if mode is RepoMode.BARE:
+                os.lchown(tmp, header.uid, header.gid)
+                for n, v in header.xattrs:
+                    os.setxattr(tmp, n, v, follow_symlinks=False)
+        self._publish(tmp, checksum, ObjectType.FILE, 0)
+        return checksum
+
+    def _count_content(self) -> None:
+        with self._mutex:
+            self.stats.content_total += 1
+
+    def _write_regular_tmp(self, tmp: Path, data: bytes, mode: int,
+                           keep_open: bool = False) -> int:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _fs.write_all(fd, data)
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        if keep_open:
+            return fd
+        os.close(fd)
+        return -1
+
+    def write_file_bytes(self, header: FileHeader, data: bytes) -> str:
+        """Store a regular file whose bytes are in memory; return its checksum."""
+        h = hashlib.sha256(header.checksum_header())
+        h.update(data)
+        checksum = h.hexdigest()
+        self._count_content()
+        if self._have(checksum, ObjectType.FILE):
+            return checksum
+        tmp = self._tmpfile()
+        fd = self._open_content_tmp(tmp)
+        try:
+            if self.repo.mode is RepoMode.ARCHIVE:
+                c = zlib.compressobj(self.repo.zlib_level, zlib.DEFLATED, -15)
+                _fs.write_all(fd, header.archive_header(len(data)) + c.compress(data)
+                              + c.flush())
+            else:
+                _fs.write_all(fd, data)
+            self._finish_content_fd(fd, header)
+        finally:
+            os.close(fd)
+        self._publish(tmp, checksum, ObjectType.FILE, len(data))
+        return checksum
+
+    def write_file_stream(self, header: FileHeader, fd_in: int, size: int) -> str:
+        """Store a regular file read from ``fd_in`` in bounded chunks; return its checksum.
+
+        The object is written while it is hashed, so a large file is read once; if it
+        turns out to exist already the staged copy is dropped.
+        """
+        h = hashlib.sha256(header.checksum_header())
+        self._count_content()
+        tmp = self._tmpfile()
+        fd = self._open_content_tmp(tmp)
+        total = 0
+        try:
+            archive = self.repo.mode is RepoMode.ARCHIVE
+            c = zlib.compressobj(self.repo.zlib_level, zlib.DEFLATED, -15) if archive else None
+            if c is not None:
+                _fs.write_all(fd, header.archive_header(size))
+            while True:
+                block = os.read(fd_in, READ_CHUNK)
+                if not block:
+                    break
+                total += len(block)
+                h.update(block)
+                _fs.write_all(fd, c.compress(block) if c is not None else block)
+            if total != size:
+                raise StoreError(f"file changed size while being committed ({size} -> {total})")
+            if c is not None:
+                _fs.write_all(fd, c.flush())
+            self._finish_content_fd(fd, header)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        checksum = h.hexdigest()
+        if self._have(checksum, ObjectType.FILE):
+            tmp.unlink()
+            return checksum
+        self._publish(tmp, checksum, ObjectType.FILE, total)
+        return checksum
+
+    def _open_content_tmp(self, tmp: Path) -> int:
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def _finish_content_fd(self, fd: int, header: FileHeader) -> None:
+        """Apply the mode's owner, permissions, xattrs and mtime to a staged file."""
+        mode = self.repo.mode
+        if mode is RepoMode.ARCHIVE:
+            os.fchmod(fd, 0o644)
+            return
+        if mode is RepoMode.BARE:
+            os.fchown(fd, header.uid, header.gid)
+            os.fchmod(fd, stat.S_IMODE(header.mode))
+            for n, v in header.xattrs:
+                os.setxattr(fd, n, v)
+        elif mode is RepoMode.BARE_USER:
+            os.fchmod(fd, (stat.S_IMODE(header.mode) & 0o775) | 0o400)
+            os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
+        else:
+            os.fchmod(fd, stat.S_IMODE(header.mode))
+        os.utime(fd, ns=(0, 0))
+        if self.fsync and self.repo.per_object_fsync:
+            os.fsync(fd)
+
+    # ----------------------------------------------------------------- finish
+
+    def commit(self) -> list[tuple[str, ObjectType, int]]:
+        """Make every staged object durable and visible; return what was written."""
+        if self._done:
+            raise StoreError("transaction already finished")
+        try:
+            objdir = self.repo.path / "objects"
+            if self.fsync and self._staged:
+                fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _fs.syncfs(fd)
+                finally:
+                    os.close(fd)
+            touched: set[str] = set()
+            for (checksum, otype), src in sorted(self._staged.items(),
+                                                 key=lambda kv: kv[0][1] is ObjectType.COMMIT):
+                sub = checksum[:2]
+                if sub not in touched:
+                    (objdir / sub).mkdir(mode=0o755, exist_ok=True)
+                    touched.add(sub)
+                os.rename(src, objdir / sub / src.name)
+            if self.fsync and touched:
+                fd = os.open(objdir, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _fs.syncfs(fd)
+                finally:
+                    os.close(fd)
+            written = list(self.stats.written)
+        finally:
+            self._finish()
+        return written
+
+    def abort(self) -> None:
+        if not self._done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        try:
+            _rmtree(self.staging)
+            (self.repo.path / "tmp" / f"{self.staging.name}-lock").unlink(missing_ok=True)
+        finally:
+            if self._staging_lock_fd is not None:
+                os.close(self._staging_lock_fd)
+                self._staging_lock_fd = None
+            self._lock_cm.__exit__(None, None, None)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
+        if et is None and not self._done:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
