@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Metadata Written: {s.metadata_written}")
         print(f"Content Total: {s.content_total}")
         print(f"Content Written: {s.content_written}")
-        print("Content Cache Hits: 0")
+        print(f"Content Cache Hits: {s.content_cache_hits}")
         print(f"Content Bytes Written: {s.content_bytes_written}")
     else:
         print(res.checksum)

@@ -84,16 +84,16 @@ def _plain(v: Any) -> Any:
 def run_log(args: argparse.Namespace) -> int:
     repo = open_repo(args)
     if args.reflog:
-        entries = read_reflog(repo, RefSpec.parse(args.rev))
-        if not entries:
+        moves = read_reflog(repo, RefSpec.parse(args.rev))
+        if not moves:
             raise StoreError(f"No reflog for '{args.rev}'")
         if args.json:
-            print(json.dumps([{"time_ns": e.time_ns, "old": e.old, "new": e.new,
-                               "reason": e.reason} for e in entries], indent=2))
+            print(json.dumps([{"time_ns": m.time_ns, "old": m.old, "new": m.new,
+                               "reason": m.reason} for m in reversed(moves)], indent=2))
             return 0
-        for e in reversed(entries):
-            print(f"{format_date(e.time_ns // 1_000_000_000)}  {e.old or '-' * 64} -> "
-                  f"{e.new or '(deleted)'}  {e.reason}".rstrip())
+        for m in reversed(moves):
+            print(f"{format_date(m.time_ns // 1_000_000_000)}  {m.old or '-' * 64} -> "
+                  f"{m.new or '(deleted)'}  {m.reason}".rstrip())
         return 0
     csum = rev_parse(repo, args.rev)
     entries_iter = iter_log(repo, csum)

@@ -34,8 +34,7 @@ def run_refs(args: argparse.Namespace) -> int:
         new = RefSpec.parse(args.create)
         target = rev_parse(repo, args.prefix[0])
         if resolve_ref(repo, new) is not None and new.remote is None and not args.force:
-            existing = (repo.path / new.relpath())
-            if existing.exists():
+            if (repo.path / new.relpath()).exists():
                 raise StoreError(f"--create specified but ref {new} already exists",
                                  hint="add --force to overwrite it")
         if args.alias:
@@ -55,19 +54,20 @@ def run_refs(args: argparse.Namespace) -> int:
         if not args.prefix:
             raise UsageError("--delete requires at least one REF or PREFIX")
         for pfx in args.prefix:
-            refs = list_refs(repo, pfx)
-            matched = [r for r in refs if r == pfx or r.startswith(pfx.rstrip("/") + "/")]
+            existing = list_refs(repo, pfx)
+            matched = [r for r in existing if r == pfx or r.startswith(pfx.rstrip("/") + "/")]
             if not matched:
                 raise StoreError(f"Refspec '{pfx}' not found")
             for r in matched:
                 set_ref(repo, r, None, reason="refs --delete")
         return 0
-    refs: dict[str, str] = {}
+    shown: dict[str, str] = {}
     if args.prefix:
         for pfx in args.prefix:
-            refs.update(_under(list_refs(repo), pfx))
+            shown.update(_under(list_refs(repo), pfx))
     else:
-        refs = list_refs(repo)
+        shown = list_refs(repo)
+    refs = shown
     if args.json:
         print(json.dumps(refs, indent=2, sort_keys=True))
         return 0

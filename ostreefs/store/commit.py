@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ostreefs import _fs
-from ostreefs.errors import MalformedData, StoreError, UsageError
+from ostreefs.errors import StoreError, UsageError
 from ostreefs.store.config import RepoMode
 from ostreefs.store.gvariant import Variant
 from ostreefs.store.index import RACY_NS, stat_key
@@ -171,6 +171,7 @@ class _Writer:
         self._batch: list[tuple[str, FileHeader, int, Future[str], bytes | None]] = []
         self._batch_bytes = 0
         self.consumed: list[str] = []
+        self.cache_hits = 0
 
     # ------------------------------------------------------------------ walk
 
@@ -236,6 +237,7 @@ class _Writer:
             if (hit is not None and est.st_ctime_ns + RACY_NS < hit[1]
                     and self.repo.has_object(hit[0], ObjectType.FILE)):
                 node.files[entry.name] = hit[0]
+                self.cache_hits += 1
                 continue
             node.files[entry.name] = self._regular(entry.path, est, key)
 
@@ -375,11 +377,14 @@ def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
                 root_tree, root_meta = writer.write_tree(root)
             finally:
                 writer.close()
+            txn.stats.content_cache_hits = writer.cache_hits
+            txn.stats.content_total += writer.cache_hits
             parent_commit = repo.load_commit(parent) if parent else None
             if (opts.skip_if_unchanged and parent_commit is not None
                     and parent_commit.root_tree == root_tree
                     and parent_commit.root_meta == root_meta):
                 txn.abort()
+                assert parent is not None
                 return CommitResult(parent, txn.stats, True, root_tree, root_meta)
             metadata = _build_metadata(repo, opts, branch, parent_commit)
             ts = opts.timestamp if opts.timestamp is not None else int(time.time())
@@ -467,14 +472,6 @@ def _build_metadata(repo: Repo, opts: CommitOptions, branch: RefSpec | None,
         if cid and "ostree.collection-binding" not in keys:
             md.append(("ostree.collection-binding", Variant("s", cid)))
     return md
-
-
-def check_tree(repo: Repo, tree: str) -> None:
-    """Refuse a dirtree that cannot be loaded (used by callers that walk trees)."""
-    try:
-        repo.load_dirtree(tree)
-    except MalformedData as e:
-        raise StoreError(str(e)) from None
 
 
 __all__ = ["commit", "CommitOptions", "CommitModifier", "CommitResult", "TreeSource",

@@ -47,6 +47,9 @@ RACY_NS = 50_000_000
 DIR_SETTLE_NS = 2_000_000_000
 
 
+_ENVS: dict[str, Any] = {}
+
+
 def stat_key(st: os.stat_result, modifier_sig: bytes) -> bytes:
     packed = struct.pack(
         "<QQQqqIII", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
@@ -74,8 +77,12 @@ class Index:
         path = repo.path / INDEX_DIR
         try:
             path.mkdir(exist_ok=True)
-            env = lmdb.open(str(path), map_size=1 << 34, max_dbs=8, subdir=True,
-                            sync=False, metasync=False, lock=True)
+            # LMDB allows one environment per file per process: share it.
+            key = str(path.resolve())
+            env = _ENVS.get(key)
+            if env is None:
+                env = _ENVS[key] = lmdb.open(key, map_size=1 << 34, max_dbs=8, subdir=True,
+                                             sync=False, metasync=False, lock=True)
         except (lmdb.Error, OSError) as e:
             raise StoreError(f"Cannot open the index in {path}: {e}",
                              hint="run 'ostreefs index rebuild'") from None
@@ -91,7 +98,7 @@ class Index:
         return idx
 
     def close(self) -> None:
-        self.env.close()
+        """Environments stay open for the process (see open); nothing to release."""
 
     # ------------------------------------------------------------ object catalog
 
@@ -256,7 +263,7 @@ class Index:
             v = txn.get(bytes.fromhex(commit), db=self.commits)
         if v is None or len(v) != 40:
             return None
-        return v[:32].hex()
+        return bytes(v[:32]).hex()
 
     def children_of(self, commit: str) -> list[str]:
         raw = bytes.fromhex(commit)

@@ -252,16 +252,19 @@ class Repo:
             raise CorruptObject(checksum, otype.value, "is a directory") from None
 
     def load_commit(self, checksum: str) -> Commit:
-        return _parse(Commit, checksum, "commit", self.read_metadata(checksum,
-                                                                     ObjectType.COMMIT))
+        data = self.read_metadata(checksum, ObjectType.COMMIT)
+        with _corrupt_as(checksum, "commit"):
+            return Commit.from_bytes(data)
 
     def load_dirtree(self, checksum: str) -> DirTree:
-        return _parse(DirTree, checksum, "dirtree",
-                      self.read_metadata(checksum, ObjectType.DIR_TREE))
+        data = self.read_metadata(checksum, ObjectType.DIR_TREE)
+        with _corrupt_as(checksum, "dirtree"):
+            return DirTree.from_bytes(data)
 
     def load_dirmeta(self, checksum: str) -> DirMeta:
-        return _parse(DirMeta, checksum, "dirmeta",
-                      self.read_metadata(checksum, ObjectType.DIR_META))
+        data = self.read_metadata(checksum, ObjectType.DIR_META)
+        with _corrupt_as(checksum, "dirmeta"):
+            return DirMeta.from_bytes(data)
 
     def read_detached_metadata(self, commit: str) -> Metadata | None:
         try:
@@ -312,10 +315,10 @@ class Repo:
                 meta = os.getxattr(path, OSTREEMETA_XATTR, follow_symlinks=False)
                 header = FileHeader.from_bareuser_meta(meta)
                 if header.is_symlink:
-                    target = _fs.read_file(path)
-                    target = target[:-1] if target.endswith(b"\0") else target
+                    raw = _fs.read_file(path)
+                    raw = raw[:-1] if raw.endswith(b"\0") else raw
                     header = FileHeader(header.uid, header.gid, header.mode,
-                                        target.decode("utf-8", "surrogateescape"),
+                                        raw.decode("utf-8", "surrogateescape"),
                                         header.xattrs)
                     return header, 0
                 return header, st.st_size
@@ -372,9 +375,11 @@ class Repo:
         return b"".join(self.iter_file_payload(checksum))
 
 
-def _parse(cls: type, checksum: str, what: str, data: bytes):  # type: ignore[no-untyped-def]
+@contextmanager
+def _corrupt_as(checksum: str, what: str) -> Iterator[None]:
+    """Report a parse failure as a corrupt object, naming it."""
     try:
-        return cls.from_bytes(data)  # type: ignore[attr-defined]
+        yield
     except MalformedData as e:
         raise CorruptObject(checksum, what, e.args[1]) from None
 

@@ -38,6 +38,7 @@ class TransactionStats:
     content_total: int = 0
     content_written: int = 0
     content_bytes_written: int = 0
+    content_cache_hits: int = 0
     written: list[tuple[str, ObjectType, int]] = field(default_factory=list)
 
 
@@ -295,7 +296,7 @@ class Transaction:
                 finally:
                     os.close(fd)
             touched: set[str] = set()
-            for (checksum, otype), src in sorted(self._staged.items(),
+            for (checksum, _otype), src in sorted(self._staged.items(),
                                                  key=lambda kv: kv[0][1] is ObjectType.COMMIT):
                 sub = checksum[:2]
                 if sub not in touched:
