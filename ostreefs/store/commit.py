@@ -168,7 +168,7 @@ class _Writer:
         self.by_inode: dict[tuple[int, int], Future[str]] = {}
         self.cache_puts: list[tuple[bytes, str, int]] = []
         self._puts_lock = threading.Lock()
-        self._batch: list[tuple[str, FileHeader, int, Future[str], bytes | None]] = []
+        self._batch: list[tuple[str, os.stat_result, Future[str], bytes]] = []
         self._batch_bytes = 0
         self.consumed: list[str] = []
         self.cache_hits = 0
@@ -249,19 +249,16 @@ class _Writer:
 
     def _regular(self, path: str, st: os.stat_result, key: bytes) -> Future[str]:
         ino = (st.st_dev, st.st_ino)
-        fut = self.by_inode.get(ino)
-        if fut is not None and st.st_nlink > 1:
-            return fut
-        mode, uid, gid, xattrs = self.mod.apply(st.st_mode, st.st_uid, st.st_gid,
-                                                self._xattrs(path))
-        header = FileHeader(uid, gid, mode, "", xattrs)
-        fut = Future()
+        seen = self.by_inode.get(ino)
+        if seen is not None and st.st_nlink > 1:
+            return seen
+        fut: Future[str] = Future()
         if st.st_nlink > 1:
             self.by_inode[ino] = fut
         if st.st_size > SMALL_FILE:
-            self.pool.submit(self._run_batch, [(path, header, st.st_size, fut, key)])
+            self.pool.submit(self._run_batch, [(path, st, fut, key)])
         else:
-            self._batch.append((path, header, st.st_size, fut, key))
+            self._batch.append((path, st, fut, key))
             self._batch_bytes += st.st_size
             if len(self._batch) >= BATCH_FILES or self._batch_bytes >= BATCH_BYTES:
                 self._flush_batch()
@@ -273,18 +270,20 @@ class _Writer:
             self._batch = []
             self._batch_bytes = 0
 
-    def _run_batch(self, batch: list[tuple[str, FileHeader, int, Future[str],
-                                           bytes | None]]) -> None:
+    def _run_batch(self, batch: list[tuple[str, os.stat_result, Future[str], bytes]]) -> None:
+        """Worker: read xattrs, hash and store each file of a batch."""
         puts = []
-        for path, header, size, fut, key in batch:
+        for path, st, fut, key in batch:
             if fut.done():
                 continue
             try:
                 t0 = time.time_ns()
-                csum = self._hash_and_store(path, header, size)
+                mode, uid, gid, xattrs = self.mod.apply(st.st_mode, st.st_uid, st.st_gid,
+                                                        self._xattrs(path))
+                csum = self._hash_and_store(path, FileHeader(uid, gid, mode, "", xattrs),
+                                            st.st_size)
                 fut.set_result(csum)
-                if key is not None:
-                    puts.append((key, csum, t0))
+                puts.append((key, csum, t0))
             except BaseException as e:  # noqa: B036 - delivered to the walker
                 fut.set_exception(e)
         if puts:
