@@ -54,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         with repo.lock():
             repo.reload_config()
-            if not repo.config.has_group(group):
-                raise GroupNotFound(group)
-            repo.config.unset(group, key)
-            repo.write_config()
+            if repo.config.unset(group, key):
+                repo.write_config()
     return 0

@@ -78,13 +78,30 @@ class CommitModifier:
                      self.no_xattrs)).encode()
 
 
+class _Slot:
+    """Where a worker leaves one file's checksum (a Future per file costs ~1 KiB)."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.error: BaseException | None = None
+
+    def result(self) -> str:
+        if self.error is not None:
+            raise self.error
+        if self.value is None:
+            raise StoreError("internal: file checksum read before its worker finished")
+        return self.value
+
+
 class MTree:
     """A directory being built: either loaded from a commit or filled from disk."""
 
     __slots__ = ("files", "dirs", "meta", "base")
 
     def __init__(self) -> None:
-        self.files: dict[str, str | Future[str]] = {}
+        self.files: dict[str, str | _Slot] = {}
         self.dirs: dict[str, MTree] = {}
         self.meta: str | None = None
         #: (dirtree, dirmeta) of an unmodified tree taken from a commit, if any.
@@ -138,6 +155,8 @@ class CommitResult:
     skipped: bool = False
     root_tree: str = ""
     root_meta: str = ""
+    #: (checksum, type, size on disk) of every object this commit added to the repo.
+    written: list[tuple[str, ObjectType, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -165,10 +184,11 @@ class _Writer:
                 self.index = None
         n = threads or min(8, (os.cpu_count() or 2) * 2)
         self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ostreefs-commit")
-        self.by_inode: dict[tuple[int, int], Future[str]] = {}
+        self.by_inode: dict[tuple[int, int], _Slot] = {}
+        self.batches: list[Future[None]] = []
         self.cache_puts: list[tuple[bytes, str, int]] = []
         self._puts_lock = threading.Lock()
-        self._batch: list[tuple[str, os.stat_result, Future[str], bytes]] = []
+        self._batch: list[tuple[str, os.stat_result, _Slot, bytes]] = []
         self._batch_bytes = 0
         self.consumed: list[str] = []
         self.cache_hits = 0
@@ -247,16 +267,16 @@ class _Writer:
                                                 self._xattrs(path))
         return self.txn.write_symlink(FileHeader(uid, gid, mode, target, xattrs))
 
-    def _regular(self, path: str, st: os.stat_result, key: bytes) -> Future[str]:
+    def _regular(self, path: str, st: os.stat_result, key: bytes) -> _Slot:
         ino = (st.st_dev, st.st_ino)
         seen = self.by_inode.get(ino)
         if seen is not None and st.st_nlink > 1:
             return seen
-        fut: Future[str] = Future()
+        fut = _Slot()
         if st.st_nlink > 1:
             self.by_inode[ino] = fut
         if st.st_size > SMALL_FILE:
-            self.pool.submit(self._run_batch, [(path, st, fut, key)])
+            self.batches.append(self.pool.submit(self._run_batch, [(path, st, fut, key)]))
         else:
             self._batch.append((path, st, fut, key))
             self._batch_bytes += st.st_size
@@ -266,26 +286,24 @@ class _Writer:
 
     def _flush_batch(self) -> None:
         if self._batch:
-            self.pool.submit(self._run_batch, self._batch)
+            self.batches.append(self.pool.submit(self._run_batch, self._batch))
             self._batch = []
             self._batch_bytes = 0
 
-    def _run_batch(self, batch: list[tuple[str, os.stat_result, Future[str], bytes]]) -> None:
+    def _run_batch(self, batch: list[tuple[str, os.stat_result, _Slot, bytes]]) -> None:
         """Worker: read xattrs, hash and store each file of a batch."""
         puts = []
         for path, st, fut, key in batch:
-            if fut.done():
-                continue
             try:
                 t0 = time.time_ns()
                 mode, uid, gid, xattrs = self.mod.apply(st.st_mode, st.st_uid, st.st_gid,
                                                         self._xattrs(path))
                 csum = self._hash_and_store(path, FileHeader(uid, gid, mode, "", xattrs),
                                             st.st_size)
-                fut.set_result(csum)
+                fut.value = csum
                 puts.append((key, csum, t0))
             except BaseException as e:  # noqa: B036 - delivered to the walker
-                fut.set_exception(e)
+                fut.error = e
         if puts:
             with self._puts_lock:
                 self.cache_puts.extend(puts)
@@ -311,6 +329,13 @@ class _Writer:
             os.close(fd)
 
     # -------------------------------------------------------------- finish
+
+    def wait(self) -> None:
+        """Let every queued file finish (errors surface per file in write_tree)."""
+        self._flush_batch()
+        for b in self.batches:
+            b.result()
+        self.batches.clear()
 
     def write_tree(self, node: MTree) -> tuple[str, str]:
         """Write dirtrees bottom-up; returns (dirtree, dirmeta) of ``node``."""
@@ -373,11 +398,11 @@ def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
                 if root.meta is None and root.base is None:
                     root.meta = txn.write_metadata(
                         ObjectType.DIR_META, DirMeta(0, 0, 0o40755).to_bytes())
+                writer.wait()
                 root_tree, root_meta = writer.write_tree(root)
             finally:
                 writer.close()
-            txn.stats.content_cache_hits = writer.cache_hits
-            txn.stats.content_total += writer.cache_hits
+            txn.content_cache_hits = writer.cache_hits
             parent_commit = repo.load_commit(parent) if parent else None
             if (opts.skip_if_unchanged and parent_commit is not None
                     and parent_commit.root_tree == root_tree
@@ -405,7 +430,7 @@ def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
                     os.unlink(p)
                 except OSError:
                     pass
-        return CommitResult(checksum, txn.stats, False, root_tree, root_meta)
+        return CommitResult(checksum, txn.stats, False, root_tree, root_meta, written)
 
 
 def _update_index(repo: Repo, written: list[tuple[str, ObjectType, int]],

@@ -85,6 +85,7 @@ class KeyFile:
         return [k for k, _ in (_split(line) for line in g.lines) if k is not None]
 
     def get(self, group: str, key: str) -> str | None:
+        """The value with GKeyFile escapes (``\\s``, ``\\n``, ...) undone."""
         g = self._group(group)
         if g is None:
             return None
@@ -93,7 +94,7 @@ class KeyFile:
             k, v = _split(line)
             if k == key:
                 value = v
-        return value
+        return None if value is None else _unescape(value)
 
     def get_bool(self, group: str, key: str, default: bool) -> bool:
         v = self.get(group, key)
@@ -114,6 +115,7 @@ class KeyFile:
                 self._head.append("")
             g = _Group(group)
             self._groups.append(g)
+        value = _escape(value)
         for i, line in enumerate(g.lines):
             if _split(line)[0] == key:
                 g.lines[i] = f"{key}={value}"
@@ -151,6 +153,32 @@ class KeyFile:
             out.append(f"[{g.name}]")
             out.extend(g.lines)
         return "".join(line + "\n" for line in out)
+
+
+_ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _escape(value: str) -> str:
+    """Escape a value as GKeyFile writes it: backslash, control chars, a leading space."""
+    out = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+    out = out.replace("\r", "\\r")
+    if out.startswith(" "):
+        out = "\\s" + out[1:]
+    return out
+
+
+def _unescape(value: str) -> str:
+    out = []
+    i = 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value) and value[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[value[i + 1]])
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _split(line: str) -> tuple[str | None, str]:

@@ -26,7 +26,8 @@ from ostreefs.errors import MalformedData
 
 __all__ = ["Variant", "encode", "decode", "GVariantType", "parse_type"]
 
-MAX_DEPTH = 64
+#: GLib's limit on container nesting (G_VARIANT_MAX_RECURSION_DEPTH).
+MAX_DEPTH = 128
 
 _INT_FORMATS = {"y": "B", "n": "h", "q": "H", "i": "i", "u": "I", "x": "q", "t": "Q", "h": "i"}
 _FIXED_BASIC = {"y": 1, "b": 1, "n": 2, "q": 2, "i": 4, "u": 4, "h": 4, "x": 8, "t": 8, "d": 8}
@@ -144,7 +145,7 @@ def encode(signature: str, value: Any, byteorder: str = "big") -> bytes:
     """Serialise ``value`` as ``signature`` in normal form."""
     t = parse_type(signature)
     out = bytearray()
-    _enc(t, value, out, ">" if byteorder == "big" else "<")
+    _enc(t, value, out, ">" if byteorder == "big" else "<", 0)
     return bytes(out)
 
 
@@ -154,7 +155,9 @@ def _pad(out: bytearray, align: int) -> None:
         out.extend(b"\0" * (align - rem))
 
 
-def _enc(t: GVariantType, value: Any, out: bytearray, bo: str) -> None:
+def _enc(t: GVariantType, value: Any, out: bytearray, bo: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise _err("value nested too deeply")
     k = t.kind
     try:
         if k in _INT_FORMATS:
@@ -173,43 +176,45 @@ def _enc(t: GVariantType, value: Any, out: bytearray, bo: str) -> None:
             if not isinstance(value, Variant):
                 raise _err("v needs a Variant")
             inner = parse_type(value.signature)
-            _enc(inner, value.value, out, bo)
+            _enc(inner, value.value, out, bo, depth + 1)
             out.append(0)
             out.extend(value.signature.encode("ascii"))
         elif k == "m":
             if value is not None:
                 child = t.children[0]
-                _enc(child, value, out, bo)
+                _enc(child, value, out, bo, depth + 1)
                 if child.fixed_size is None:
                     out.append(0)
         elif k == "a":
-            _enc_array(t.children[0], value, out, bo)
+            _enc_array(t.children[0], value, out, bo, depth)
         else:  # tuple or dict entry
-            _enc_tuple(t, value, out, bo)
-    except (struct.error, TypeError, AttributeError, UnicodeError) as e:
+            _enc_tuple(t, value, out, bo, depth)
+    except (struct.error, TypeError, AttributeError, UnicodeError, ValueError) as e:
         raise _err(f"cannot encode {value!r} as {t.signature}: {e}") from None
 
 
-def _enc_array(child: GVariantType, value: Any, out: bytearray, bo: str) -> None:
+def _enc_array(child: GVariantType, value: Any, out: bytearray, bo: str, depth: int) -> None:
     if child.kind == "y":
+        if isinstance(value, int):
+            raise _err("ay needs bytes, not an int")
         out.extend(bytes(value))
         return
     sub = bytearray()
     if child.fixed_size is not None:
         for item in value:
-            _enc(child, item, sub, bo)
+            _enc(child, item, sub, bo, depth + 1)
         out.extend(sub)
         return
     ends: list[int] = []
     for item in value:
         _pad(sub, child.align)
-        _enc(child, item, sub, bo)
+        _enc(child, item, sub, bo, depth + 1)
         ends.append(len(sub))
     _append_frame(sub, ends)
     out.extend(sub)
 
 
-def _enc_tuple(t: GVariantType, value: Any, out: bytearray, bo: str) -> None:
+def _enc_tuple(t: GVariantType, value: Any, out: bytearray, bo: str, depth: int) -> None:
     members = t.children
     if not members:
         out.append(0)
@@ -222,7 +227,7 @@ def _enc_tuple(t: GVariantType, value: Any, out: bytearray, bo: str) -> None:
     last = len(members) - 1
     for i, (m, v) in enumerate(zip(members, value, strict=True)):
         _pad(sub, m.align)
-        _enc(m, v, sub, bo)
+        _enc(m, v, sub, bo, depth + 1)
         if m.fixed_size is None and i != last:
             ends.append(len(sub))
     if t.fixed_size is not None:
@@ -338,6 +343,7 @@ def _dec_array(
         item_start = _align(pos, child.align)
         if item_end < item_start or item_end > table:
             raise _err("array element offsets out of order")
+        _check_zero(data, start + pos, start + item_start)
         items.append(_dec(child, data, start + item_start, start + item_end, bo, depth + 1))
         pos = item_end
     return items
@@ -358,7 +364,11 @@ def _dec_tuple(
     values = []
     last = len(members) - 1
     for i, m in enumerate(members):
-        pos = _align(pos, m.align)
+        aligned = _align(pos, m.align)
+        if aligned > frame_end:
+            raise _err(f"member {i} of {t.signature} out of range")
+        _check_zero(data, start + pos, start + aligned)
+        pos = aligned
         if m.fixed_size is not None:
             item_end = pos + m.fixed_size
         elif i == last:
@@ -374,4 +384,12 @@ def _dec_tuple(
         pos = item_end
     if t.fixed_size is None and pos != frame_end and members[-1].fixed_size is not None:
         raise _err(f"{t.signature} has trailing bytes")
+    if t.fixed_size is not None:
+        _check_zero(data, start + pos, end)
     return tuple(values)
+
+
+def _check_zero(data: bytes, start: int, end: int) -> None:
+    """Normal form pads with zero bytes only."""
+    if start < end and any(data[start:end]):
+        raise _err("non-zero padding")

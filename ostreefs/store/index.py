@@ -22,6 +22,7 @@ xxhash keys the cache; object identity is always SHA-256.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,12 @@ DIR_SETTLE_NS = 2_000_000_000
 
 
 _ENVS: dict[str, Any] = {}
+
+
+def _open_env(path: str) -> Any:
+    # No fsync of the index: it is derived, and sync() repairs whatever a crash lost.
+    return lmdb.open(path, map_size=1 << 34, max_dbs=8, subdir=True, sync=False,
+                     metasync=False, lock=True)
 
 
 def stat_key(st: os.stat_result, modifier_sig: bytes) -> bytes:
@@ -81,8 +88,14 @@ class Index:
             key = str(path.resolve())
             env = _ENVS.get(key)
             if env is None:
-                env = _ENVS[key] = lmdb.open(key, map_size=1 << 34, max_dbs=8, subdir=True,
-                                             sync=False, metasync=False, lock=True)
+                try:
+                    env = _open_env(key)
+                except lmdb.CorruptedError:
+                    # Derived data: a damaged index is thrown away and rebuilt on use.
+                    shutil.rmtree(key)
+                    os.mkdir(key)
+                    env = _open_env(key)
+                _ENVS[key] = env
         except (lmdb.Error, OSError) as e:
             raise StoreError(f"Cannot open the index in {path}: {e}",
                              hint="run 'ostreefs index rebuild'") from None

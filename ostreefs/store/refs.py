@@ -150,6 +150,10 @@ def set_ref(repo: Repo, spec: RefSpec | str, commit: str | None, *,
             raise StoreError(f"Cannot write ref {spec}: {e.strerror}") from None
         if old != commit:
             append_reflog(repo, spec, old, commit, reason)
+            try:
+                repo.index.record_ref_move(str(spec), old, commit)
+            except (StoreError, OSError):
+                pass  # the reflog file above is the record; the index catches up on rebuild
 
 
 def append_reflog(repo: Repo, spec: RefSpec, old: str | None, new: str | None,

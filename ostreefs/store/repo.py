@@ -60,7 +60,7 @@ class Repo:
         mode = config.get("core", "mode")
         self.mode = RepoMode.parse(mode) if mode is not None else RepoMode.BARE
         self._lock_depth = 0
-        self._lock_kind = 0
+        self._lock_kind: int | None = None  # an _fs.LOCK_* value while held
         self._lock_fd: int | None = None
         self._lock_cm: object = None
         self._lock_guard = threading.RLock()
@@ -183,14 +183,31 @@ class Repo:
                                  0o640)
                 except OSError as e:
                     if e.errno in (errno.EROFS, errno.EACCES) and not exclusive:
-                        # A read-only repo can be read without a lock, as ostree does.
-                        yield
-                        return
-                    raise StoreError(f"Cannot lock {self.path}: {e.strerror}") from None
-                self._lock_fd = fd
-            if kind == _fs.LOCK_EX and prev_kind != _fs.LOCK_EX or prev_kind == 0:
-                self._acquire(self._lock_fd, kind, exclusive)
+                        fd = -1  # a read-only repo is read without a lock, as ostree does
+                    else:
+                        raise StoreError(f"Cannot lock {self.path}: {e.strerror}") from None
+                if fd < 0:
+                    readonly = True
+                else:
+                    readonly = False
+                    self._lock_fd = fd
+            else:
+                readonly = False
+            if not readonly and (prev_kind is None or
+                                 (kind == _fs.LOCK_EX and prev_kind != _fs.LOCK_EX)):
+                assert self._lock_fd is not None
+                try:
+                    self._acquire(self._lock_fd, kind, exclusive)
+                except BaseException:
+                    if self._lock_depth == 0:
+                        os.close(self._lock_fd)
+                        self._lock_fd = None
+                    raise
                 self._lock_kind = kind
+        if readonly:
+            yield
+            return
+        with self._lock_guard:
             self._lock_depth += 1
         try:
             yield
@@ -201,9 +218,10 @@ class Repo:
                     assert self._lock_fd is not None
                     os.close(self._lock_fd)
                     self._lock_fd = None
-                    self._lock_kind = 0
-                elif prev_kind and prev_kind != self._lock_kind:
-                    self._acquire(self._lock_fd, prev_kind, False)  # type: ignore[arg-type]
+                    self._lock_kind = None
+                elif prev_kind is not None and prev_kind != self._lock_kind:
+                    assert self._lock_fd is not None
+                    self._acquire(self._lock_fd, prev_kind, False)
                     self._lock_kind = prev_kind
 
     def _acquire(self, fd: int, kind: int, exclusive: bool) -> None:

@@ -12,13 +12,14 @@ Thread-safe: commit building calls :meth:`write_content` from a worker pool.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import os
 import secrets
 import stat
-import threading
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ostreefs import _fs
@@ -31,6 +32,12 @@ from ostreefs.store.repo import OSTREEMETA_XATTR, READ_CHUNK, Repo
 SMALL_FILE = 1 << 20
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @dataclass
 class TransactionStats:
     metadata_total: int = 0
@@ -39,7 +46,6 @@ class TransactionStats:
     content_written: int = 0
     content_bytes_written: int = 0
     content_cache_hits: int = 0
-    written: list[tuple[str, ObjectType, int]] = field(default_factory=list)
 
 
 class Transaction:
@@ -48,9 +54,15 @@ class Transaction:
     def __init__(self, repo: Repo, fsync: bool) -> None:
         self.repo = repo
         self.fsync = fsync
-        self.stats = TransactionStats()
-        self._mutex = threading.Lock()
-        self._staged: dict[tuple[str, ObjectType], Path] = {}
+        self._metadata_calls = itertools.count()
+        self._content_calls = itertools.count()
+        #: Files whose checksum came from the stat cache; set by the commit builder.
+        self.content_cache_hits = 0
+        #: (checksum, type) -> size once written; a claim token while being written.
+        self._staged: dict[tuple[str, ObjectType], object] = {}
+        self._umask = _current_umask()
+        #: (checksum, type, size on disk) of each object made visible by commit().
+        self.written: list[tuple[str, ObjectType, int]] = []
         self._made_dirs: set[str] = set()
         self._lock_cm = repo.lock(exclusive=False)
         self._lock_cm.__enter__()
@@ -101,31 +113,33 @@ class Transaction:
                 os.close(fd)
 
     def _stage_path(self, checksum: str, otype: ObjectType) -> Path:
-        final = self.repo.object_path(checksum, otype)
         sub = checksum[:2]
         if sub not in self._made_dirs:
             (self.staging / sub).mkdir(exist_ok=True)
             self._made_dirs.add(sub)
-        return self.staging / sub / final.name
+        return self.staging / sub / self.repo.object_path(checksum, otype).name
 
-    def _have(self, checksum: str, otype: ObjectType) -> bool:
-        return (checksum, otype) in self._staged or self.repo.has_object(checksum, otype)
+    def _claim(self, checksum: str, otype: ObjectType) -> bool:
+        """Reserve a new object's staging name for this thread.
 
-    def _publish(self, tmp: Path, checksum: str, otype: ObjectType, size: int) -> None:
-        """Give a complete staged file its object name, unless a twin beat it there."""
-        with self._mutex:
-            if (checksum, otype) in self._staged:
-                tmp.unlink()
-                return
-            dest = self._stage_path(checksum, otype)
-            os.rename(tmp, dest)
-            self._staged[(checksum, otype)] = dest
-            self.stats.written.append((checksum, otype, size))
-            if otype is ObjectType.FILE:
-                self.stats.content_written += 1
-                self.stats.content_bytes_written += size
-            else:
-                self.stats.metadata_written += 1
+        False if the repo has the object or another thread is writing it. ``setdefault``
+        on a dict is atomic under the GIL, so exactly one writer wins.
+        """
+        key = (checksum, otype)
+        if key in self._staged or self.repo.has_object(checksum, otype):
+            return False
+        token: object = object()
+        return self._staged.setdefault(key, token) is token
+
+    def _done_writing(self, checksum: str, otype: ObjectType, size: int) -> None:
+        self._staged[(checksum, otype)] = size
+
+    def _unclaim(self, checksum: str, otype: ObjectType) -> None:
+        self._staged.pop((checksum, otype), None)
+        try:
+            os.unlink(self._stage_path(checksum, otype))
+        except FileNotFoundError:
+            pass
 
     def _tmpfile(self) -> Path:
         return self.staging / _fs.tmp_name()
@@ -135,87 +149,88 @@ class Transaction:
     def write_metadata(self, otype: ObjectType, data: bytes) -> str:
         """Store a metadata object; return its checksum. Existing objects are not rewritten."""
         checksum = hashlib.sha256(data).hexdigest()
-        with self._mutex:
-            self.stats.metadata_total += 1
-        if self._have(checksum, otype):
+        next(self._metadata_calls)
+        if not self._claim(checksum, otype):
             return checksum
-        tmp = self._tmpfile()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            self._write_new(self._stage_path(checksum, otype), data, 0o644)
+        except BaseException:
+            self._unclaim(checksum, otype)
+            raise
+        self._done_writing(checksum, otype, len(data))
+        return checksum
+
+    def _write_new(self, path: Path, data: bytes, mode: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             _fs.write_all(fd, data)
-            os.fchmod(fd, 0o644)
+            if mode & ~self._umask != mode:
+                os.fchmod(fd, mode)
         finally:
             os.close(fd)
-        self._publish(tmp, checksum, otype, len(data))
-        return checksum
 
     def write_symlink(self, header: FileHeader) -> str:
         """Store a symlink content object; return its checksum."""
         checksum = hashlib.sha256(header.checksum_header()).hexdigest()
-        self._count_content()
-        if self._have(checksum, ObjectType.FILE):
+        next(self._content_calls)
+        if not self._claim(checksum, ObjectType.FILE):
             return checksum
-        tmp = self._tmpfile()
+        dest = self._stage_path(checksum, ObjectType.FILE)
         mode = self.repo.mode
         target = header.symlink_target
-        if mode is RepoMode.ARCHIVE:
-            self._write_regular_tmp(tmp, header.archive_header(0), 0o644)
-        elif mode is RepoMode.BARE_USER:
-            fd = self._write_regular_tmp(tmp, target.encode("utf-8", "surrogateescape") + b"\0",
-                                         0o644, keep_open=True)
-            try:
-                os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
-                os.utime(fd, ns=(0, 0))
-            finally:
-                os.close(fd)
-        else:
-            os.symlink(target, tmp)
-            if mode is RepoMode.BARE:
-                os.lchown(tmp, header.uid, header.gid)
-                for n, v in header.xattrs:
-                    os.setxattr(tmp, n, v, follow_symlinks=False)
-        self._publish(tmp, checksum, ObjectType.FILE, 0)
+        try:
+            if mode is RepoMode.ARCHIVE:
+                self._write_new(dest, header.archive_header(0), 0o644)
+            elif mode is RepoMode.BARE_USER:
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    _fs.write_all(fd, target.encode("utf-8", "surrogateescape") + b"\0")
+                    os.fchmod(fd, 0o644)
+                    os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
+                    os.utime(fd, ns=(0, 0))
+                finally:
+                    os.close(fd)
+            else:
+                os.symlink(target, dest)
+                if mode is RepoMode.BARE:
+                    os.lchown(dest, header.uid, header.gid)
+                    for n, v in header.xattrs:
+                        os.setxattr(dest, n, v, follow_symlinks=False)
+        except BaseException:
+            self._unclaim(checksum, ObjectType.FILE)
+            raise
+        self._done_writing(checksum, ObjectType.FILE, 0)
         return checksum
 
-    def _count_content(self) -> None:
-        with self._mutex:
-            self.stats.content_total += 1
-
-    def _write_regular_tmp(self, tmp: Path, data: bytes, mode: int,
-                           keep_open: bool = False) -> int:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _fs.write_all(fd, data)
-            os.fchmod(fd, mode)
-        except BaseException:
-            os.close(fd)
-            raise
-        if keep_open:
-            return fd
-        os.close(fd)
-        return -1
-
     def write_file_bytes(self, header: FileHeader, data: bytes) -> str:
-        """Store a regular file whose bytes are in memory; return its checksum."""
+        """Store a regular file whose bytes are in memory; return its checksum.
+
+        The checksum is known before anything is written, so the object is created
+        under its staging name directly and an existing object costs no write at all.
+        """
         h = hashlib.sha256(header.checksum_header())
         h.update(data)
         checksum = h.hexdigest()
-        self._count_content()
-        if self._have(checksum, ObjectType.FILE):
+        next(self._content_calls)
+        if not self._claim(checksum, ObjectType.FILE):
             return checksum
-        tmp = self._tmpfile()
-        fd = self._open_content_tmp(tmp)
+        dest = self._stage_path(checksum, ObjectType.FILE)
         try:
-            if self.repo.mode is RepoMode.ARCHIVE:
-                c = zlib.compressobj(self.repo.zlib_level, zlib.DEFLATED, -15)
-                _fs.write_all(fd, header.archive_header(len(data)) + c.compress(data)
-                              + c.flush())
-            else:
-                _fs.write_all(fd, data)
-            self._finish_content_fd(fd, header)
-        finally:
-            os.close(fd)
-        self._publish(tmp, checksum, ObjectType.FILE, len(data))
+            fd = self._open_content_tmp(dest)
+            try:
+                if self.repo.mode is RepoMode.ARCHIVE:
+                    c = zlib.compressobj(self.repo.zlib_level, zlib.DEFLATED, -15)
+                    _fs.write_all(fd, header.archive_header(len(data)) + c.compress(data)
+                                  + c.flush())
+                else:
+                    _fs.write_all(fd, data)
+                self._finish_content_fd(fd, header)
+            finally:
+                os.close(fd)
+        except BaseException:
+            self._unclaim(checksum, ObjectType.FILE)
+            raise
+        self._done_writing(checksum, ObjectType.FILE, len(data))
         return checksum
 
     def write_file_stream(self, header: FileHeader, fd_in: int, size: int) -> str:
@@ -225,7 +240,7 @@ class Transaction:
         turns out to exist already the staged copy is dropped.
         """
         h = hashlib.sha256(header.checksum_header())
-        self._count_content()
+        next(self._content_calls)
         tmp = self._tmpfile()
         fd = self._open_content_tmp(tmp)
         total = 0
@@ -252,10 +267,15 @@ class Transaction:
             raise
         os.close(fd)
         checksum = h.hexdigest()
-        if self._have(checksum, ObjectType.FILE):
+        if not self._claim(checksum, ObjectType.FILE):
             tmp.unlink()
             return checksum
-        self._publish(tmp, checksum, ObjectType.FILE, total)
+        try:
+            os.rename(tmp, self._stage_path(checksum, ObjectType.FILE))
+        except BaseException:
+            self._unclaim(checksum, ObjectType.FILE)
+            raise
+        self._done_writing(checksum, ObjectType.FILE, total)
         return checksum
 
     def _open_content_tmp(self, tmp: Path) -> int:
@@ -284,7 +304,11 @@ class Transaction:
     # ----------------------------------------------------------------- finish
 
     def commit(self) -> list[tuple[str, ObjectType, int]]:
-        """Make every staged object durable and visible; return what was written."""
+        """Make every staged object durable and visible.
+
+        Returns (checksum, type, size on disk) of each object written, which is what the
+        index catalogs (the same figure a rescan of ``objects/`` finds).
+        """
         if self._done:
             raise StoreError("transaction already finished")
         try:
@@ -295,13 +319,17 @@ class Transaction:
                     _fs.syncfs(fd)
                 finally:
                     os.close(fd)
+            self._check_complete()
             touched: set[str] = set()
-            for (checksum, _otype), src in sorted(self._staged.items(),
-                                                 key=lambda kv: kv[0][1] is ObjectType.COMMIT):
+            written = self.written
+            # Commits last: a commit object never appears before the tree it names.
+            for checksum, otype in sorted(self._staged, key=lambda k: k[1] is ObjectType.COMMIT):
                 sub = checksum[:2]
                 if sub not in touched:
                     (objdir / sub).mkdir(mode=0o755, exist_ok=True)
                     touched.add(sub)
+                src = self._stage_path(checksum, otype)
+                written.append((checksum, otype, os.lstat(src).st_size))
                 os.rename(src, objdir / sub / src.name)
             if self.fsync and touched:
                 fd = os.open(objdir, os.O_RDONLY | os.O_DIRECTORY)
@@ -309,10 +337,31 @@ class Transaction:
                     _fs.syncfs(fd)
                 finally:
                     os.close(fd)
-            written = list(self.stats.written)
         finally:
             self._finish()
         return written
+
+    def _check_complete(self) -> None:
+        for size in self._staged.values():
+            if not isinstance(size, int):
+                raise StoreError("internal: transaction committed while an object was "
+                                 "still being written")
+
+    @property
+    def stats(self) -> TransactionStats:
+        """Counts so far (ostree's --table-output figures)."""
+        st = TransactionStats(content_cache_hits=self.content_cache_hits)
+        for (_c, otype), size in list(self._staged.items()):
+            if not isinstance(size, int):
+                continue
+            if otype is ObjectType.FILE:
+                st.content_written += 1
+                st.content_bytes_written += size
+            else:
+                st.metadata_written += 1
+        st.metadata_total = _peek(self._metadata_calls)
+        st.content_total = _peek(self._content_calls) + self.content_cache_hits
+        return st
 
     def abort(self) -> None:
         if not self._done:
@@ -337,6 +386,13 @@ class Transaction:
             self.commit()
         else:
             self.abort()
+
+
+def _peek(counter: itertools.count[int]) -> int:
+    """The number of next() calls so far on a counter started at 0, without changing it.
+
+    (itertools.count is the lock-free counter here: next() on it is atomic.)"""
+    return next(copy.copy(counter))
 
 
 def _rmtree(path: Path) -> None:
