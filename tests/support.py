@@ -21,6 +21,11 @@ DEFAULT_TIMEOUT = 300
 TS = 1700000000
 TS_ARG = f"--timestamp=@{TS}"
 
+# Under LC_ALL=C ostree prints every non-ASCII character of a name as "?" (GLib converts
+# output to the locale's charset) and rejects non-ASCII option values.  Tests comparing
+# output that contains non-ASCII names run both tools with this override.
+UTF8 = {"LC_ALL": "C.UTF-8"}
+
 
 def tool_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OSTREE_", "LC_"))}
@@ -46,7 +51,9 @@ def _show(data: str | bytes | None, limit: int = 4000) -> str:
     return data
 
 
-def format_result(argv: Sequence[str], proc: subprocess.CompletedProcess[str] | subprocess.CompletedProcess[bytes]) -> str:
+def format_result(
+    argv: Sequence[str], proc: subprocess.CompletedProcess[str] | subprocess.CompletedProcess[bytes]
+) -> str:
     return (
         f"command: {' '.join(map(str, argv))}\n"
         f"exit code: {proc.returncode}\n"
@@ -180,13 +187,17 @@ def objects_snapshot(repo: Path) -> dict[str, tuple[object, ...]]:
         for name in sorted(os.listdir(objdir / sub)):
             full = objdir / sub / name
             st = os.lstat(full)
-            xattrs = tuple(
-                sorted(
-                    (n, os.getxattr(full, n, follow_symlinks=False))
-                    for n in os.listxattr(full, follow_symlinks=False)
-                    if n.startswith("user.")
+            xattrs = (
+                tuple(
+                    sorted(
+                        (n, os.getxattr(full, n, follow_symlinks=False))
+                        for n in os.listxattr(full, follow_symlinks=False)
+                        if n.startswith("user.")
+                    )
                 )
-            ) if not os.path.islink(full) else ()
+                if not os.path.islink(full)
+                else ()
+            )
             key = f"{sub}/{name}"
             if os.path.islink(full):
                 out[key] = ("link", os.readlink(full), st.st_uid, st.st_gid)
@@ -197,7 +208,9 @@ def objects_snapshot(repo: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def describe_objects_diff(a: dict[str, tuple[object, ...]], b: dict[str, tuple[object, ...]]) -> str:
+def describe_objects_diff(
+    a: dict[str, tuple[object, ...]], b: dict[str, tuple[object, ...]]
+) -> str:
     only_a = sorted(set(a) - set(b))
     only_b = sorted(set(b) - set(a))
     differ = sorted(k for k in set(a) & set(b) if a[k] != b[k])
@@ -205,6 +218,8 @@ def describe_objects_diff(a: dict[str, tuple[object, ...]], b: dict[str, tuple[o
     for k in differ[:10]:
         ea, eb = a[k], b[k]
         fields = [i for i in range(max(len(ea), len(eb))) if ea[i : i + 1] != eb[i : i + 1]]
-        lines.append(f"differs: {k} (fields {fields}: {[ea[i] if i != 6 else '<bytes>' for i in fields]}"
-                     f" vs {[eb[i] if i != 6 else '<bytes>' for i in fields]})")
+        lines.append(
+            f"differs: {k} (fields {fields}: {[ea[i] if i != 6 else '<bytes>' for i in fields]}"
+            f" vs {[eb[i] if i != 6 else '<bytes>' for i in fields]})"
+        )
     return "\n".join(lines)

@@ -284,3 +284,53 @@ def diff_snapshots(a: dict[str, Any], b: dict[str, Any], limit: int = 20) -> str
                 lines.append("...")
                 break
     return "\n".join(lines)
+
+
+def make_big_tree(
+    path: str | os.PathLike[str], seed: int, n_files: int = 3000, total_bytes: int = 60 << 20
+) -> Path:
+    """A plain but large tree (for crash tests): ``n_files`` files, about ``total_bytes``."""
+    rng = random.Random(f"bigtree-{seed}")
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    dirs = [root]
+    for i in range(max(1, n_files // 30)):
+        d = rng.choice(dirs) / f"dir {i:03d}"
+        d.mkdir()
+        os.chmod(d, 0o755)
+        dirs.append(d)
+    # A handful of big files carry most of the bytes; the rest are small.
+    n_big = 8
+    big_share = total_bytes * 3 // 4
+    small_avg = max(1, (total_bytes - big_share) // max(1, n_files - n_big))
+    for i in range(n_files):
+        if i < n_big:
+            size = big_share // n_big + rng.randrange(4096)
+        else:
+            size = rng.randrange(0, 2 * small_avg + 1)
+        f = rng.choice(dirs) / f"file {i:05d}.bin"
+        f.write_bytes(_content(rng, size))
+        os.chmod(f, rng.choice([0o644, 0o755, 0o600]))
+    return root
+
+
+def mutate_tree(path: str | os.PathLike[str], seed: int, fraction: float = 0.1) -> None:
+    """Change, add and delete some files of a tree made by :func:`make_big_tree`."""
+    rng = random.Random(f"mutate-{seed}")
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for f in rng.sample(files, int(len(files) * fraction)):
+        action = rng.random()
+        if action < 0.6:
+            data = f.read_bytes()
+            f.write_bytes(data[: len(data) // 2] + rng.randbytes(64) + data[len(data) // 2 :])
+        elif action < 0.8:
+            f.unlink()
+        else:
+            os.chmod(f, 0o750)
+    for i in range(len(files) // 50):
+        g = rng.choice(files).parent / f"added {i:04d}"
+        if not g.exists():
+            g.write_bytes(_content(rng, rng.randrange(0, 50000)))
+            os.chmod(g, 0o644)

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support import (
     TS_ARG,
+    UTF8,
     Tool,
     commit_checksum,
     describe_objects_diff,
@@ -98,52 +101,154 @@ def test_commit_tree_same_checksum_and_objects(
     assert snapshot(src) == src_snap
 
 
+@pytest.fixture(scope="module")
+def ostree_repos(
+    ostree: Tool, trees: Callable[[int, str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, int, str], tuple[Path, str]]:
+    """(repo, commit) of a generated tree committed by ostree as branch ``t``, cached."""
+    cache: dict[tuple[str, int, str], tuple[Path, str]] = {}
+
+    def get(mode: str, seed: int, size: str) -> tuple[Path, str]:
+        key = (mode, seed, size)
+        if key not in cache:
+            repo = init_repo(ostree, tmp_path_factory.mktemp(f"ostree-{mode}") / "r", mode)
+            c = commit_checksum(
+                ostree("commit", f"--repo={repo}", "-b", "t", "-s", "s", TS_ARG, trees(seed, size))
+            )
+            cache[key] = (repo, c)
+        return cache[key]
+
+    return get
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("flags", [["-R"], ["-R", "-C"], ["-R", "-X"], ["-R", "-d"]])
+@pytest.mark.parametrize("flags", [["-R"], ["-R", "-C"], ["-R", "-X"], ["-d"]])
 def test_ls_cross_read(
     ostree: Tool,
     ostreefs: Tool,
     trees: Callable[[int, str], Path],
-    tmp_path: Path,
+    ostree_repos: Callable[[str, int, str], tuple[Path, str]],
     mode: str,
     flags: list[str],
 ) -> None:
     """ostreefs reads an ostree-made repository exactly as ostree prints it."""
     src = trees(1, "small")
-    repo = init_repo(ostree, tmp_path / "r", mode)
-    c = commit_checksum(ostree("commit", f"--repo={repo}", "-b", "t", "-s", "s", TS_ARG, src))
+    repo, c = ostree_repos(mode, 1, "small")
     for rev in ("t", c):
-        want = ostree("ls", f"--repo={repo}", *flags, rev)
-        got = ostreefs("ls", f"--repo={repo}", *flags, rev)
+        want = ostree("ls", f"--repo={repo}", *flags, rev, env=UTF8)
+        got = ostreefs("ls", f"--repo={repo}", *flags, rev, env=UTF8)
         assert got.stdout == want.stdout, format_result(got.args, got)
-    # Sub-paths, including awkward names.
-    paths = sorted(p for p in snapshot(src) if p != ".")[:: max(1, len(snapshot(src)) // 12)]
-    for p in paths:
-        want = ostree("ls", f"--repo={repo}", *flags, "t", "/" + p)
-        got = ostreefs("ls", f"--repo={repo}", *flags, "t", "/" + p)
-        assert got.stdout == want.stdout, format_result(got.args, got)
+    # Sub-paths (directories, files, symlinks), including awkward names, in one call
+    # (ostree lists each PATH argument in order).
+    snap = snapshot(src)
+    paths = sorted(p for p in snap if p != ".")[:: max(1, len(snap) // 12)]
+    paths += [p for p in sorted(snap) if snap[p]["type"] == "symlink"][:2]
+    args = ["/" + p for p in paths]
+    want = ostree("ls", f"--repo={repo}", *flags, "t", *args, env=UTF8)
+    got = ostreefs("ls", f"--repo={repo}", *flags, "t", *args, env=UTF8)
+    assert got.stdout == want.stdout, format_result(got.args, got)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_cat_cross_read(
-    ostree: Tool, ostreefs: Tool, trees: Callable[[int, str], Path], tmp_path: Path, mode: str
+    ostree: Tool,
+    ostreefs: Tool,
+    trees: Callable[[int, str], Path],
+    ostree_repos: Callable[[str, int, str], tuple[Path, str]],
+    mode: str,
 ) -> None:
     src = trees(3, "medium")
-    repo = init_repo(ostree, tmp_path / "r", mode)
-    ostree("commit", f"--repo={repo}", "-b", "t", "-s", "s", TS_ARG, src)
+    repo, _ = ostree_repos(mode, 3, "medium")
     snap = snapshot(src)
     files = sorted(p for p, e in snap.items() if e["type"] == "file")
     # The biggest files, an empty one, and a spread of the rest.
     by_size = sorted(files, key=lambda p: snap[p]["size"])
-    pick = set(by_size[:1] + by_size[-2:] + files[::25])
-    for p in sorted(pick):
-        got = ostreefs("cat", f"--repo={repo}", "t", "/" + p, text=False)
-        assert got.stdout == (src / p).read_bytes(), f"cat /{p}: {len(got.stdout)} bytes"
+    pick = sorted(set(by_size[:1] + by_size[-2:] + files[::20]))
     # Several paths in one call are concatenated, like ostree.
-    two = sorted(pick)[:2]
-    want = ostree("cat", f"--repo={repo}", "t", *["/" + p for p in two], text=False)
-    got = ostreefs("cat", f"--repo={repo}", "t", *["/" + p for p in two], text=False)
+    args = ["/" + p for p in pick]
+    got = ostreefs("cat", f"--repo={repo}", "t", *args, text=False)
+    expected = b"".join((src / p).read_bytes() for p in pick)
+    if got.stdout != expected:
+        for p in pick:  # find the culprit
+            one = ostreefs("cat", f"--repo={repo}", "t", "/" + p, text=False).stdout
+            assert one == (src / p).read_bytes(), f"cat /{p}: {len(one)} bytes"
+        raise AssertionError("cat of several paths is not the concatenation of the files")
+    want = ostree("cat", f"--repo={repo}", "t", *args[:3], text=False)
+    got = ostreefs("cat", f"--repo={repo}", "t", *args[:3], text=False)
     assert got.stdout == want.stdout
+
+
+# --------------------------------------------------------------------------------------
+# Random small trees and commit texts (hypothesis)
+
+_name = st.text(
+    alphabet=st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=12,
+).filter(lambda n: n not in (".", "..") and len(n.encode()) < 200)
+_file = st.tuples(
+    st.binary(max_size=300), st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o2711, 0o444])
+)
+_tree = st.recursive(
+    st.dictionaries(_name, _file, max_size=4),
+    lambda children: st.dictionaries(_name, st.one_of(_file, children), max_size=4),
+    max_leaves=12,
+)
+_text = st.text(
+    alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=30
+)
+
+
+def _materialize(root: Path, tree: dict) -> None:  # type: ignore[type-arg]
+    root.mkdir()
+    os.chmod(root, 0o755)
+    for name, node in tree.items():
+        p = root / name
+        if isinstance(node, dict):
+            _materialize(p, node)
+        else:
+            p.write_bytes(node[0])
+            os.chmod(p, node[1])
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tree=_tree,
+    mode=st.sampled_from(MODES),
+    subject=_text,
+    body=_text,
+    meta=st.lists(
+        st.tuples(st.from_regex(r"[a-z][a-z0-9.]{0,8}", fullmatch=True), _text), max_size=3
+    ),
+    ts=st.integers(min_value=0, max_value=2**32),
+)
+def test_commit_random_trees(
+    ostree: Tool,
+    ostreefs: Tool,
+    tmp_path_factory: pytest.TempPathFactory,
+    tree: dict,  # type: ignore[type-arg]
+    mode: str,
+    subject: str,
+    body: str,
+    meta: list[tuple[str, str]],
+    ts: int,
+) -> None:
+    base = tmp_path_factory.mktemp("hyp")
+    src = base / "src"
+    _materialize(src, tree)
+    args = ["-b", "h", "-s", subject, "-m", body, f"--timestamp=@{ts}", str(src)]
+    args[4:4] = [f"--add-metadata-string={k}={v}" for k, v in meta]
+    outs = []
+    for tool, name in ((ostree, "a"), (ostreefs, "b")):
+        repo = init_repo(tool, base / name, mode)
+        outs.append(commit_checksum(tool("commit", f"--repo={repo}", *args, env=UTF8)))
+    assert outs[1] == outs[0]
+    ostree("fsck", f"--repo={base / 'b'}")
+    shutil.rmtree(base)
 
 
 # --------------------------------------------------------------------------------------
@@ -241,7 +346,12 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
         "archive",
         [
             [
-                "commit", "-b", "t", "-s", "subj", TS_ARG,
+                "commit",
+                "-b",
+                "t",
+                "-s",
+                "subj",
+                TS_ARG,
                 "--add-metadata-string=zeta=1",
                 "--add-metadata-string=alpha=2",
                 "--add-metadata-string=mid=three words",
@@ -254,7 +364,12 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
         "bare-user",
         [
             [
-                "commit", "-b", "t", "-s", "subj", TS_ARG,
+                "commit",
+                "-b",
+                "t",
+                "-s",
+                "subj",
+                TS_ARG,
                 "--add-metadata=num=42",
                 "--add-metadata=str='text'",
                 "--add-metadata=flag=true",
@@ -269,15 +384,28 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
         "archive",
         [
             [
-                "commit", "-b", "p", "-s", "one", TS_ARG,
+                "commit",
+                "-b",
+                "p",
+                "-s",
+                "one",
+                TS_ARG,
                 "--add-metadata-string=keepme=yes",
                 "--add-metadata-string=dropme=no",
                 "--add-metadata=num=42",
                 "{T}",
             ],
             [
-                "commit", "-b", "k", "-s", "two", "--timestamp=@1700000100",
-                "--parent={0}", "--keep-metadata=keepme", "--keep-metadata=num", "{T2}",
+                "commit",
+                "-b",
+                "k",
+                "-s",
+                "two",
+                "--timestamp=@1700000100",
+                "--parent={0}",
+                "--keep-metadata=keepme",
+                "--keep-metadata=num",
+                "{T2}",
             ],
             ["log", "k"],
         ],
@@ -285,10 +413,18 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
     "keep-metadata-from-branch": (
         "bare",
         [
-            ["commit", "-b", "k", "-s", "one", TS_ARG, "--add-metadata-string=keepme=yes",
-             "{T}"],
-            ["commit", "-b", "k", "-s", "two", "--timestamp=@1700000100",
-             "--keep-metadata=keepme", "--add-metadata-string=extra=1", "{T2}"],
+            ["commit", "-b", "k", "-s", "one", TS_ARG, "--add-metadata-string=keepme=yes", "{T}"],
+            [
+                "commit",
+                "-b",
+                "k",
+                "-s",
+                "two",
+                "--timestamp=@1700000100",
+                "--keep-metadata=keepme",
+                "--add-metadata-string=extra=1",
+                "{T2}",
+            ],
             ["rev-parse", "k^"],
         ],
     ),
@@ -309,18 +445,24 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
     ),
     "owner-zero": (
         "bare",
-        [["commit", "-b", "t", "-s", "s", TS_ARG, "--owner-uid=0", "--owner-gid=0", "{T}"],
-         ["ls", "-R", "t"]],
+        [
+            ["commit", "-b", "t", "-s", "s", TS_ARG, "--owner-uid=0", "--owner-gid=0", "{T}"],
+            ["ls", "-R", "t"],
+        ],
     ),
     "owner-other": (
         "archive",
-        [["commit", "-b", "t", "-s", "s", TS_ARG, "--owner-uid=1000", "--owner-gid=2000",
-          "{T}"], ["ls", "-R", "t"]],
+        [
+            ["commit", "-b", "t", "-s", "s", TS_ARG, "--owner-uid=1000", "--owner-gid=2000", "{T}"],
+            ["ls", "-R", "t"],
+        ],
     ),
     "canonical-permissions": (
         "bare-user",
-        [["commit", "-b", "t", "-s", "s", TS_ARG, "--canonical-permissions", "{T}"],
-         ["ls", "-R", "-X", "t"]],
+        [
+            ["commit", "-b", "t", "-s", "s", TS_ARG, "--canonical-permissions", "{T}"],
+            ["ls", "-R", "-X", "t"],
+        ],
     ),
     "no-xattrs": (
         "archive",
@@ -328,36 +470,86 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
     ),
     "bare-user-only-canonical": (
         "bare-user-only",
-        [["commit", "-b", "t", "-s", "s", TS_ARG, "{T}"],
-         ["commit", "-b", "t2", "-s", "s", TS_ARG, "--canonical-permissions", "--no-xattrs",
-          "{T}"],
-         ["ls", "-R", "-X", "t"]],
+        [
+            ["commit", "-b", "t", "-s", "s", TS_ARG, "{T}"],
+            [
+                "commit",
+                "-b",
+                "t2",
+                "-s",
+                "s",
+                TS_ARG,
+                "--canonical-permissions",
+                "--no-xattrs",
+                "{T}",
+            ],
+            ["ls", "-R", "-X", "t"],
+        ],
     ),
     "body": (
         "archive",
-        [["commit", "-b", "t", "-s", "the subject", "-m", "body line 1\n\nbody line 3",
-          TS_ARG, "{T}"], ["log", "t"]],
+        [
+            [
+                "commit",
+                "-b",
+                "t",
+                "-s",
+                "the subject",
+                "-m",
+                "body line 1\n\nbody line 3",
+                TS_ARG,
+                "{T}",
+            ],
+            ["log", "t"],
+        ],
     ),
     "date-timestamp": (
         "archive",
-        [["commit", "-b", "t", "-s", "subject", "--timestamp=2020-01-01 00:00:00 +0000",
-          "{T}"], ["show", "t"]],
+        [
+            ["commit", "-b", "t", "-s", "subject", "--timestamp=2020-01-01 00:00:00 +0000", "{T}"],
+            ["show", "t"],
+        ],
+    ),
+    "option-values-starting-with-dash": (
+        "archive",
+        [["commit", "-b", "t", "-s", "-x", "-m", "--y", TS_ARG, "{T}"], ["log", "t"]],
     ),
     "tree-overlay": (
         "archive",
-        [["commit", "-b", "t", "-s", "s", TS_ARG, "--tree=dir={A}", "--tree=dir={B}"],
-         ["commit", "-b", "u", "-s", "s", TS_ARG, "--tree=dir={B}", "--tree=dir={A}"],
-         ["ls", "-R", "t"], ["ls", "-R", "u"], ["cat", "t", "/f"], ["cat", "u", "/f"]],
+        [
+            ["commit", "-b", "t", "-s", "s", TS_ARG, "--tree=dir={A}", "--tree=dir={B}"],
+            ["commit", "-b", "u", "-s", "s", TS_ARG, "--tree=dir={B}", "--tree=dir={A}"],
+            ["ls", "-R", "t"],
+            ["ls", "-R", "u"],
+            ["cat", "t", "/f"],
+            ["cat", "u", "/f"],
+        ],
     ),
     "skip-if-unchanged": (
         "bare-user",
         [
             ["commit", "-b", "t", "-s", "s", TS_ARG, "{T}"],
-            ["commit", "-b", "t", "-s", "s2", "--timestamp=@1700000500", "--skip-if-unchanged",
-             "{T}"],
+            [
+                "commit",
+                "-b",
+                "t",
+                "-s",
+                "s2",
+                "--timestamp=@1700000500",
+                "--skip-if-unchanged",
+                "{T}",
+            ],
             ["rev-parse", "t"],
-            ["commit", "-b", "t", "-s", "s3", "--timestamp=@1700000600", "--skip-if-unchanged",
-             "{T2}"],
+            [
+                "commit",
+                "-b",
+                "t",
+                "-s",
+                "s3",
+                "--timestamp=@1700000600",
+                "--skip-if-unchanged",
+                "{T2}",
+            ],
             ["rev-parse", "t^"],
             ["log", "t"],
         ],
@@ -367,8 +559,16 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
         [
             ["commit", "-b", "t", "-s", "one", TS_ARG, "{T}"],
             ["commit", "-b", "t", "-s", "two", "--timestamp=@1700000100", "{T2}"],
-            ["commit", "-b", "other", "-s", "three", "--timestamp=@1700000200",
-             "--parent={0}", "{T2}"],
+            [
+                "commit",
+                "-b",
+                "other",
+                "-s",
+                "three",
+                "--timestamp=@1700000200",
+                "--parent={0}",
+                "{T2}",
+            ],
             ["rev-parse", "t^"],
             ["rev-parse", "other^"],
         ],
@@ -376,8 +576,14 @@ SCENARIOS: dict[str, tuple[str, list[list[str]]]] = {
 }
 
 
-def _run_scenario(tool: Tool, repo: Path, mode: str, steps: list[list[str]], subst: dict[str, str],
-                  init_extra: list[str] | None = None) -> list[subprocess.CompletedProcess]:  # type: ignore[type-arg]
+def _run_scenario(
+    tool: Tool,
+    repo: Path,
+    mode: str,
+    steps: list[list[str]],
+    subst: dict[str, str],
+    init_extra: list[str] | None = None,
+) -> list[subprocess.CompletedProcess]:  # type: ignore[type-arg]
     init_repo(tool, repo, mode, *(init_extra or []))
     results: list[subprocess.CompletedProcess] = []  # type: ignore[type-arg]
     for step in steps:
@@ -417,8 +623,17 @@ def test_unicode_subject_utf8_locale(
 ) -> None:
     """Non-ASCII subject/body/metadata under a UTF-8 locale (ostree refuses them under C)."""
     utf8 = {"LC_ALL": "C.UTF-8"}
-    args = ["-b", "t", "-s", "sujet héllo ✓", "-m", "corps 日本語", TS_ARG,
-            "--add-metadata-string=titre=été", str(opt_tree)]
+    args = [
+        "-b",
+        "t",
+        "-s",
+        "sujet héllo ✓",
+        "-m",
+        "corps 日本語",
+        TS_ARG,
+        "--add-metadata-string=titre=été",
+        str(opt_tree),
+    ]
     outs = []
     for tool, repo in ((ostree, tmp_path / "a"), (ostreefs, tmp_path / "b")):
         init_repo(tool, repo, "archive")
@@ -428,14 +643,27 @@ def test_unicode_subject_utf8_locale(
     assert "    sujet héllo ✓\n" in outs[0][1]
 
 
-def test_skip_if_unchanged_does_not_move_ref(ostreefs: Tool, opt_tree: Path, tmp_path: Path) -> None:
+def test_skip_if_unchanged_does_not_move_ref(
+    ostreefs: Tool, opt_tree: Path, tmp_path: Path
+) -> None:
     repo = init_repo(ostreefs, tmp_path / "r", "archive")
-    c1 = commit_checksum(ostreefs("commit", f"--repo={repo}", "-b", "t", "-s", "a", TS_ARG, opt_tree))
+    c1 = commit_checksum(
+        ostreefs("commit", f"--repo={repo}", "-b", "t", "-s", "a", TS_ARG, opt_tree)
+    )
     ref_before = (repo / "refs/heads/t").read_bytes()
     n_before = sorted(p.name for p in (repo / "objects").rglob("*.commit"))
     c2 = commit_checksum(
-        ostreefs("commit", f"--repo={repo}", "-b", "t", "-s", "b", "--timestamp=@1800000000",
-                 "--skip-if-unchanged", opt_tree)
+        ostreefs(
+            "commit",
+            f"--repo={repo}",
+            "-b",
+            "t",
+            "-s",
+            "b",
+            "--timestamp=@1800000000",
+            "--skip-if-unchanged",
+            opt_tree,
+        )
     )
     assert c2 == c1
     assert (repo / "refs/heads/t").read_bytes() == ref_before
@@ -444,11 +672,21 @@ def test_skip_if_unchanged_does_not_move_ref(ostreefs: Tool, opt_tree: Path, tmp
 
 def test_collection_id_repo(ostree: Tool, ostreefs: Tool, opt_tree: Path, tmp_path: Path) -> None:
     cid = ["--collection-id=org.example.Test"]
-    steps = [["commit", "-b", "t", "-s", "s", TS_ARG, "{T}"],
-             ["commit", "-b", "u", "-s", "s", TS_ARG, "--no-bindings", "{T}"],
-             ["commit", "--orphan", "-s", "s", TS_ARG, "{T}"],
-             ["commit", "-b", "v", "-s", "s", TS_ARG,
-              "--add-metadata-string=ostree.collection-binding=org.other", "{T}"]]
+    steps = [
+        ["commit", "-b", "t", "-s", "s", TS_ARG, "{T}"],
+        ["commit", "-b", "u", "-s", "s", TS_ARG, "--no-bindings", "{T}"],
+        ["commit", "--orphan", "-s", "s", TS_ARG, "{T}"],
+        [
+            "commit",
+            "-b",
+            "v",
+            "-s",
+            "s",
+            TS_ARG,
+            "--add-metadata-string=ostree.collection-binding=org.other",
+            "{T}",
+        ],
+    ]
     subst = {"T": str(opt_tree)}
     want = _run_scenario(ostree, tmp_path / "a", "archive", steps, subst, cid)
     got = _run_scenario(ostreefs, tmp_path / "b", "archive", steps, subst, cid)
@@ -492,9 +730,14 @@ def _vector1(root: Path) -> Path:
     (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (root / "sub" / "a.txt").write_text("a\n")
     os.symlink("hello.txt", root / "link")
-    for p, m in [(root, 0o755), (root / "empty", 0o755), (root / "sub", 0o755),
-                 (root / "hello.txt", 0o644), (root / "run.sh", 0o755),
-                 (root / "sub" / "a.txt", 0o644)]:
+    for p, m in [
+        (root, 0o755),
+        (root / "empty", 0o755),
+        (root / "sub", 0o755),
+        (root / "hello.txt", 0o644),
+        (root / "run.sh", 0o755),
+        (root / "sub" / "a.txt", 0o644),
+    ]:
         os.chown(p, 0, 0)
         os.chmod(p, m)
     return root
@@ -533,8 +776,9 @@ def _obj_path(repo: Path, csum: str, kind: str, mode: str) -> Path:
 def test_vector1(tool: Tool, tmp_path: Path, mode: str) -> None:
     src = _vector1(tmp_path / "tree")
     repo = init_repo(tool, tmp_path / "r", mode)
-    out = tool("commit", f"--repo={repo}", "-b", "vec", TS_ARG, "-s", "vector", "--no-bindings",
-               src)
+    out = tool(
+        "commit", f"--repo={repo}", "-b", "vec", TS_ARG, "-s", "vector", "--no-bindings", src
+    )
     assert commit_checksum(out) == V1_COMMIT
     assert _obj_path(repo, V1_COMMIT, "commit", mode).stat().st_size == 86
     for csum, kind in V1_OBJECTS.items():
@@ -543,19 +787,40 @@ def test_vector1(tool: Tool, tmp_path: Path, mode: str) -> None:
         if mode == "archive":
             if csum in V1_FILEZ_SIZES:
                 assert p.stat().st_size == V1_FILEZ_SIZES[csum], p.name
-    assert _obj_path(repo, "090f06a5926add2d4ff37e6b89e5f76be1939df235a3a398eb8f1144c2814072",
-                     "dirtree", mode).stat().st_size == 270
+    assert (
+        _obj_path(
+            repo,
+            "090f06a5926add2d4ff37e6b89e5f76be1939df235a3a398eb8f1144c2814072",
+            "dirtree",
+            mode,
+        )
+        .stat()
+        .st_size
+        == 270
+    )
     show = tool("show", f"--repo={repo}", "vec").stdout
     assert f"ContentChecksum:  {V1_CONTENT_CHECKSUM}\n" in show
     # Bindings on, metadata order kept.
-    out = tool("commit", f"--repo={repo}", "-b", "vec3", TS_ARG, "-s", "vector",
-               "--add-metadata-string=zeta=1", "--add-metadata-string=alpha=2", src)
+    out = tool(
+        "commit",
+        f"--repo={repo}",
+        "-b",
+        "vec3",
+        TS_ARG,
+        "-s",
+        "vector",
+        "--add-metadata-string=zeta=1",
+        "--add-metadata-string=alpha=2",
+        src,
+    )
     assert commit_checksum(out) == V1_META_COMMIT
     # Content checksums of single files.
     assert tool("checksum", src / "hello.txt").stdout.strip() == (
-        "44f778e59f0a4748d6b0c90a47347212a231c4ad1e8f7ea5c5dffc7749153a6b")
+        "44f778e59f0a4748d6b0c90a47347212a231c4ad1e8f7ea5c5dffc7749153a6b"
+    )
     assert tool("checksum", src / "link").stdout.strip() == (
-        "f66efa496a72379413c44593de510dc344beb045294f1a543da87b2b6118db35")
+        "f66efa496a72379413c44593de510dc344beb045294f1a543da87b2b6118db35"
+    )
 
 
 @pytest.mark.parametrize("tool", ["ostree", "ostreefs"], indirect=True)
@@ -571,23 +836,28 @@ def test_vector1_collection_id(tool: Tool, tmp_path: Path) -> None:
 def test_vector2(tool: Tool, tmp_path: Path, mode: str) -> None:
     src = _vector2(tmp_path / "tree2")
     repo = init_repo(tool, tmp_path / "r", mode)
-    out = tool("commit", f"--repo={repo}", "-b", "vec", TS_ARG, "-s", "vector2", "--no-bindings",
-               src)
+    out = tool(
+        "commit", f"--repo={repo}", "-b", "vec", TS_ARG, "-s", "vector2", "--no-bindings", src
+    )
     want = V2_COMMIT_BUO if mode == "bare-user-only" else V2_COMMIT
     assert commit_checksum(out) == want
     if mode == "bare":
-        priv = _obj_path(repo, "dff8eb5c015cc2c2c356e8f8053133c1d6ffc9fb7f32db8e49f31be1868782f8",
-                         "file", mode).stat()
+        priv = _obj_path(
+            repo, "dff8eb5c015cc2c2c356e8f8053133c1d6ffc9fb7f32db8e49f31be1868782f8", "file", mode
+        ).stat()
         assert (priv.st_mode & 0o7777, priv.st_uid, priv.st_gid) == (0o600, 1000, 1000)
     if mode == "bare-user":
-        p = _obj_path(repo, "dff8eb5c015cc2c2c356e8f8053133c1d6ffc9fb7f32db8e49f31be1868782f8",
-                      "file", mode)
+        p = _obj_path(
+            repo, "dff8eb5c015cc2c2c356e8f8053133c1d6ffc9fb7f32db8e49f31be1868782f8", "file", mode
+        )
         assert os.getxattr(p, "user.ostreemeta") == bytes.fromhex("000003e8000003e800008180")
     if mode == "archive":
-        p = _obj_path(repo, "e097767f9f4e3e078b1be7a1c9ead4f4a0b715acb00bc3ed7220e7d4f78b7dc9",
-                      "file", mode)
+        p = _obj_path(
+            repo, "e097767f9f4e3e078b1be7a1c9ead4f4a0b715acb00bc3ed7220e7d4f78b7dc9", "file", mode
+        )
         assert p.read_bytes() == bytes.fromhex(
-            "0000001a00000000" "0000000000000000" "000003e8000003e8000081a40000000000190300")
+            "0000001a000000000000000000000000000003e8000003e8000081a40000000000190300"
+        )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -599,10 +869,14 @@ def test_vector3(tool: Tool, tmp_path: Path, mode: str) -> None:
     want = V3_COMMIT_BUO if mode == "bare-user-only" else V3_COMMIT
     assert commit_checksum(out) == want
     if mode != "bare-user-only":
-        dm = _obj_path(repo, "1c0a6c8417b16f54fc0e904fabc57e07cb10922a998942c9574585b1dd26c9ab",
-                       "dirmeta", mode)
-        assert dm.read_bytes().hex() == (
-            "00000000" "00000000" "000041ed" "757365722e6400" "6469727661" "6c" "07" "0e")
-        f = _obj_path(repo, "50e5018883167d0f7d1b7c6a7138ec736a5574ec03316e80778ebd0b360aaa9a",
-                      "file", mode)
+        dm = _obj_path(
+            repo,
+            "1c0a6c8417b16f54fc0e904fabc57e07cb10922a998942c9574585b1dd26c9ab",
+            "dirmeta",
+            mode,
+        )
+        assert dm.read_bytes().hex() == ("0000000000000000000041ed757365722e640064697276616c070e")
+        f = _obj_path(
+            repo, "50e5018883167d0f7d1b7c6a7138ec736a5574ec03316e80778ebd0b360aaa9a", "file", mode
+        )
         assert os.path.exists(f)

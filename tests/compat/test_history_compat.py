@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support import (
+    UTF8,
     Tool,
     assert_clean_failure,
     commit_checksum,
@@ -64,8 +65,14 @@ def _build_versions(base: Path) -> list[Path]:
 
 COMMITS = [
     ["-s", "first", "--timestamp=@1700000000"],
-    ["-s", "second", "-m", "body line1\nline2", "--timestamp=@1700000100",
-     "--add-metadata-string=version=1.2"],
+    [
+        "-s",
+        "second",
+        "-m",
+        "body line1\nline2",
+        "--timestamp=@1700000100",
+        "--add-metadata-string=version=1.2",
+    ],
     ["-s", "third", "--timestamp=@1700000200"],
 ]
 
@@ -80,8 +87,9 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module", params=["ostree", "ostreefs"])
-def hist(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-         versions: list[Path]) -> tuple[Path, list[str]]:
+def hist(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, versions: list[Path]
+) -> tuple[Path, list[str]]:
     """(repo, [c1, c2, c3]): three commits on ``main`` made by the parametrized tool."""
     maker: Tool = request.getfixturevalue(request.param)
     repo = tmp_path_factory.mktemp(f"hist-{request.param}") / "repo"
@@ -92,23 +100,34 @@ def hist(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return repo, commits
 
 
-def _same(ostree: Tool, ostreefs: Tool, repo: Path, *args: str,
-          cwd: Path | None = None) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    want = ostree(args[0], f"--repo={repo}", *args[1:], check=False, cwd=cwd)
-    got = ostreefs(args[0], f"--repo={repo}", *args[1:], check=False, cwd=cwd)
+def _same(
+    ostree: Tool, ostreefs: Tool, repo: Path, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    want = ostree(args[0], f"--repo={repo}", *args[1:], check=False, cwd=cwd, env=UTF8)
+    got = ostreefs(args[0], f"--repo={repo}", *args[1:], check=False, cwd=cwd, env=UTF8)
     assert (got.returncode == 0) == (want.returncode == 0), (
-        f"ostree exit {want.returncode}, stderr {want.stderr!r}\n" + format_result(got.args, got))
+        f"ostree exit {want.returncode}, stderr {want.stderr!r}\n" + format_result(got.args, got)
+    )
     if want.returncode == 0:
-        assert got.stdout == want.stdout, (
-            f"ostree printed:\n{want.stdout}\n" + format_result(got.args, got))
+        assert got.stdout == want.stdout, f"ostree printed:\n{want.stdout}\n" + format_result(
+            got.args, got
+        )
     else:
         assert_clean_failure(got)
     return want
 
 
-def test_history_checksums_agree(ostree: Tool, hist: tuple[Path, list[str]]) -> None:
+def test_history_checksums_agree(
+    ostree: Tool, hist: tuple[Path, list[str]], versions: list[Path], tmp_path: Path
+) -> None:
     """Both makers produce the same commits (the two fixture repos are interchangeable)."""
     repo, commits = hist
+    ref = init_repo(ostree, tmp_path / "ref", "archive")
+    expected = [
+        commit_checksum(ostree("commit", f"--repo={ref}", "-b", B, *extra, v))
+        for v, extra in zip(versions, COMMITS, strict=True)
+    ]
+    assert commits == expected
     assert rev_parse(ostree, repo, B) == commits[2]
     assert rev_parse(ostree, repo, B + "^") == commits[1]
     ostree("fsck", f"--repo={repo}")
@@ -165,16 +184,18 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("args", READ_ONLY, ids=lambda a: " ".join(a))
-def test_read_only(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]],
-                   args: list[str]) -> None:
+def test_read_only(
+    ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], args: list[str]
+) -> None:
     repo, _ = hist
     want = _same(ostree, ostreefs, repo, *args)
     assert want.returncode == 0, format_result(want.args, want)
 
 
 @pytest.mark.parametrize("args", ERRORS, ids=lambda a: " ".join(a))
-def test_errors(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]],
-                args: list[str]) -> None:
+def test_errors(
+    ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], args: list[str]
+) -> None:
     repo, _ = hist
     want = _same(ostree, ostreefs, repo, *args)
     assert want.returncode != 0
@@ -182,10 +203,9 @@ def test_errors(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]],
 
 def test_rev_parse_prefix(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]]) -> None:
     repo, commits = hist
-    for c in commits:
-        for n in (6, 12, 64):
-            _same(ostree, ostreefs, repo, "rev-parse", c[:n])
-            assert rev_parse(ostreefs, repo, c[:n]) == c
+    for c, n in ((commits[0], 64), (commits[1], 12), (commits[2], 6)):
+        _same(ostree, ostreefs, repo, "rev-parse", c[:n])
+        assert rev_parse(ostreefs, repo, c[:n]) == c
     # The shortest prefix that is unique among the three commits.
     c = commits[0]
     n = next(n for n in range(1, 65) if sum(x.startswith(c[:n]) for x in commits) == 1)
@@ -210,8 +230,9 @@ def _diff_key(out: str) -> tuple[list[str], list[str]]:
     return groups, sorted(lines)
 
 
-def test_diff_against_directory(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]],
-                                versions: list[Path], tmp_path: Path) -> None:
+def test_diff_against_directory(
+    ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], versions: list[Path], tmp_path: Path
+) -> None:
     repo, _ = hist
     work = tmp_path / "work"
     shutil.copytree(versions[2], work / "dir", symlinks=True)
@@ -220,11 +241,12 @@ def test_diff_against_directory(ostree: Tool, ostreefs: Tool, hist: tuple[Path, 
     _write(work / "dir" / "added", "added\n")
     _write(work / "dir" / "sub" / "added2", "added\n")
     for args in (["diff", B, "./dir"], ["diff", B + "^^", "./dir"], ["diff", "./dir", B]):
-        want = ostree(args[0], f"--repo={repo}", *args[1:], cwd=work)
-        got = ostreefs(args[0], f"--repo={repo}", *args[1:], cwd=work)
+        want = ostree(args[0], f"--repo={repo}", *args[1:], cwd=work, env=UTF8)
+        got = ostreefs(args[0], f"--repo={repo}", *args[1:], cwd=work, env=UTF8)
         assert want.stdout.strip()
         assert _diff_key(got.stdout) == _diff_key(want.stdout), (
-            f"ostree printed:\n{want.stdout}\n" + format_result(got.args, got))
+            f"ostree printed:\n{want.stdout}\n" + format_result(got.args, got)
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -239,8 +261,13 @@ def _copies(repo: Path, tmp_path: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def _mutate(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_path: Path,
-            steps: list[list[str]]) -> tuple[Path, Path]:
+def _mutate(
+    ostree: Tool,
+    ostreefs: Tool,
+    hist: tuple[Path, list[str]],
+    tmp_path: Path,
+    steps: list[list[str]],
+) -> tuple[Path, Path]:
     repo, _ = hist
     a, b = _copies(repo, tmp_path)
     for step in steps:
@@ -248,7 +275,8 @@ def _mutate(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_path
         got = ostreefs(step[0], f"--repo={b}", *step[1:], check=False)
         assert got.returncode == want.returncode or (got.returncode and want.returncode), (
             f"step {step}: ostree exit {want.returncode} {want.stderr!r}\n"
-            + format_result(got.args, got))
+            + format_result(got.args, got)
+        )
         if want.returncode == 0:
             assert got.stdout == want.stdout, f"step {step}\n" + format_result(got.args, got)
         else:
@@ -269,17 +297,24 @@ def _ref_files(repo: Path) -> dict[str, bytes | str]:
     return out
 
 
-def test_refs_create_and_delete(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]],
-                                tmp_path: Path) -> None:
-    a, b = _mutate(ostree, ostreefs, hist, tmp_path, [
-        ["refs", "--create=x", B],
-        ["refs", "--create=nested/y", B + "^"],
-        ["refs", "--create=x", B + "^"],          # exists: error without --force
-        ["refs", "--create=x", "--force", B + "^^"],
-        ["rev-parse", "x"],
-        ["refs", "nested"],
-        ["refs", "--list", "nested"],
-    ])
+def test_refs_create_and_delete(
+    ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    a, b = _mutate(
+        ostree,
+        ostreefs,
+        hist,
+        tmp_path,
+        [
+            ["refs", "--create=x", B],
+            ["refs", "--create=nested/y", B + "^"],
+            ["refs", "--create=x", B + "^"],  # exists: error without --force
+            ["refs", "--create=x", "--force", B + "^^"],
+            ["rev-parse", "x"],
+            ["refs", "nested"],
+            ["refs", "--list", "nested"],
+        ],
+    )
     assert _refs(ostreefs, b) == _refs(ostree, a) == sorted([B, "nested/y", "x"])
     assert _ref_files(b) == _ref_files(a)
     a2, b2 = a, b
@@ -293,28 +328,42 @@ def test_refs_create_and_delete(ostree: Tool, ostreefs: Tool, hist: tuple[Path, 
     assert _refs(ostree, b2) == _refs(ostreefs, a2) == [B]
 
 
-def test_refs_delete_missing_is_ok(ostree: Tool, ostreefs: Tool,
-                                   hist: tuple[Path, list[str]], tmp_path: Path) -> None:
+def test_refs_delete_missing_is_ok(
+    ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_path: Path
+) -> None:
     a, b = _mutate(ostree, ostreefs, hist, tmp_path, [["refs", "--delete", "nosuch"]])
     assert _ref_files(b) == _ref_files(a)
     assert repo_snapshot(b / "refs") == repo_snapshot(hist[0] / "refs")
 
 
-def test_config_set_get_unset(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]],
-                              tmp_path: Path) -> None:
-    a, b = _mutate(ostree, ostreefs, hist, tmp_path, [
-        ["config", "set", "core.foo", "bar"],
-        ["config", "get", "core.foo"],
-        ["config", "set", "core.foo", "baz qux"],
-        ["config", "set", "--group=extra", "key", "v"],
-        ["config", "get", "core.mode"],
-    ])
+def test_config_set_get_unset(
+    ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    a, b = _mutate(
+        ostree,
+        ostreefs,
+        hist,
+        tmp_path,
+        [
+            ["config", "set", "core.foo", "bar"],
+            ["config", "get", "core.foo"],
+            ["config", "set", "core.foo", "baz qux"],
+            ["config", "set", "--group=extra", "key", "v"],
+            ["config", "get", "core.mode"],
+        ],
+    )
     assert (b / "config").read_bytes() == (a / "config").read_bytes()
     assert b"foo=baz qux\n" in (a / "config").read_bytes()
-    a, b = _mutate(ostree, ostreefs, (a, []), tmp_path / "again", [
-        ["config", "unset", "core.foo"],
-        ["config", "get", "core.foo"],
-    ])
+    a, b = _mutate(
+        ostree,
+        ostreefs,
+        (a, []),
+        tmp_path / "again",
+        [
+            ["config", "unset", "core.foo"],
+            ["config", "get", "core.foo"],
+        ],
+    )
     assert (b / "config").read_bytes() == (a / "config").read_bytes()
     # The repository still works for both tools after config edits.
     assert rev_parse(ostreefs, a, B) == rev_parse(ostree, b, B)
@@ -322,14 +371,20 @@ def test_config_set_get_unset(ostree: Tool, ostreefs: Tool, hist: tuple[Path, li
 
 def test_reset(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_path: Path) -> None:
     _, commits = hist
-    a, b = _mutate(ostree, ostreefs, hist, tmp_path, [
-        ["reset", B, B + "^"],
-        ["rev-parse", B],
-        ["log", B],
-        ["reset", B, commits[2]],
-        ["rev-parse", B],
-        ["reset", B, commits[0][:10]],
-        ["rev-parse", B],
-    ])
+    a, b = _mutate(
+        ostree,
+        ostreefs,
+        hist,
+        tmp_path,
+        [
+            ["reset", B, B + "^"],
+            ["rev-parse", B],
+            ["log", B],
+            ["reset", B, commits[2]],
+            ["rev-parse", B],
+            ["reset", B, commits[0][:10]],
+            ["rev-parse", B],
+        ],
+    )
     assert (b / "refs/heads" / B).read_bytes() == (a / "refs/heads" / B).read_bytes()
     assert (a / "refs/heads" / B).read_text() == commits[0] + "\n"
