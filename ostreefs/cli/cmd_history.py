@@ -106,7 +106,7 @@ def run_log(args: argparse.Namespace) -> int:
             break
         if args.raw:
             print(f"commit {e.checksum}")
-            print(_raw(e.commit))
+            print(_raw(e.commit), end="")
         else:
             print(_block(e.checksum, e.commit), end="")
     return 0
@@ -133,6 +133,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     if args.raw:
+        print(f"commit {csum}")
         print(_raw(c), end="")
         return 0
     print(_block(csum, c), end="")

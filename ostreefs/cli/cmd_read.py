@@ -37,7 +37,7 @@ def _line(e: treemod.Entry, args: argparse.Namespace) -> str:
     if args.checksum:
         s += f"{e.checksum} {e.meta_checksum} " if e.is_dir else f"{e.checksum} "
     if args.xattrs:
-        s += format_value("a(ayay)", [(n + b"\0", v) for n, v in e.xattrs]) + " "
+        s += "{ " + format_value("a(ayay)", [(n + b"\0", v) for n, v in e.xattrs]) + " } "
     s += e.path
     if e.is_symlink:
         s += f" -> {e.symlink_target}"

@@ -54,10 +54,8 @@ def run_refs(args: argparse.Namespace) -> int:
         if not args.prefix:
             raise UsageError("--delete requires at least one REF or PREFIX")
         for pfx in args.prefix:
-            existing = list_refs(repo, pfx)
-            matched = [r for r in existing if r == pfx or r.startswith(pfx.rstrip("/") + "/")]
-            if not matched:
-                raise StoreError(f"Refspec '{pfx}' not found")
+            # As ostree: deleting what does not exist is not an error.
+            matched = list(_under(list_refs(repo), pfx))
             for r in matched:
                 set_ref(repo, r, None, reason="refs --delete")
         return 0
@@ -72,7 +70,7 @@ def run_refs(args: argparse.Namespace) -> int:
         print(json.dumps(refs, indent=2, sort_keys=True))
         return 0
     for name in refs:
-        if args.prefix and len(args.prefix) == 1:
+        if args.prefix and len(args.prefix) == 1 and not args.list:
             pfx = args.prefix[0].rstrip("/")
             print(name[len(pfx) + 1:] if name.startswith(pfx + "/") else name)
         else:

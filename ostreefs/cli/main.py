@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args_list:
             parser.print_help(sys.stderr)
             return 1
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(_bind_option_values(parser, args_list))
         if args.version:
             from importlib.metadata import version
 
@@ -117,6 +117,42 @@ def _err(msg: str, hint: str | None) -> None:
     sys.stderr.write(f"error: {msg}\n")
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
+
+
+def _bind_option_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Glue an option to its value so that values may start with '-' (``-s -x``).
+
+    GLib's option parser, which ostree uses, always takes the next word as the value of
+    an option that needs one; argparse would read ``-x`` as an option instead.
+    """
+    sub_action = next((a for a in parser._actions
+                       if isinstance(a, argparse._SubParsersAction)), None)
+    if sub_action is None or not argv or argv[0] not in sub_action.choices:
+        return argv
+    sp = sub_action.choices[argv[0]]
+    # Each option that needs a value -> the long spelling that can carry it with '='.
+    takes_value: dict[str, str] = {}
+    for act in sp._actions:
+        if act.option_strings and act.nargs is None and act.const is None and not isinstance(
+                act, argparse._HelpAction):
+            long = next((o for o in act.option_strings if o.startswith("--")), None)
+            for o in act.option_strings:
+                takes_value[o] = long or o
+    out = [argv[0]]
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if a in takes_value and i + 1 < len(argv):
+            value, spelling = argv[i + 1], takes_value[a]
+            out.append(f"{spelling}={value}" if spelling.startswith("--") else a + value)
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
 
 
 def _hoist_global_repo(argv: list[str]) -> list[str]:

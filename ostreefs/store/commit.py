@@ -69,7 +69,7 @@ class CommitModifier:
             uid = gid = 0
             if not stat.S_ISLNK(mode):
                 mode = stat.S_IFMT(mode) | (mode & 0o755)
-        if self.no_xattrs:
+        if self.no_xattrs or self.canonical_permissions:
             xattrs = ()
         return mode, uid, gid, xattrs
 

@@ -18,6 +18,9 @@ from ostreefs.store.repo import Repo
 class _Node:
     """A directory to compare: files name -> checksum, dirs name -> child."""
 
+    #: ostree prints paths found under a directory argument without the leading '/'.
+    relative = False
+
     def meta(self) -> str:
         raise NotImplementedError
 
@@ -45,6 +48,8 @@ class CommitNode(_Node):
 
 
 class DiskNode(_Node):
+    relative = True
+
     def __init__(self, path: str) -> None:
         self.path = path
 
@@ -75,9 +80,24 @@ class DiffResult:
 
 
 def diff_trees(a: _Node, b: _Node) -> DiffResult:
+    """What changed from ``a`` to ``b``; an added directory is listed with its contents."""
     res = DiffResult()
     _diff(a, b, "", res)
+    if a.relative:
+        res.modified = [p.lstrip("/") for p in res.modified]
+        res.removed = [p.lstrip("/") for p in res.removed]
+    if b.relative:
+        res.added = [p.lstrip("/") for p in res.added]
     return res
+
+
+def _add_tree(node: _Node, prefix: str, res: DiffResult) -> None:
+    files, dirs = node.entries()
+    for name in files:
+        res.added.append(f"{prefix}/{name}")
+    for name, child in dirs.items():
+        res.added.append(f"{prefix}/{name}")
+        _add_tree(child, f"{prefix}/{name}", res)
 
 
 def _diff(a: _Node, b: _Node, prefix: str, res: DiffResult) -> None:
@@ -94,6 +114,7 @@ def _diff(a: _Node, b: _Node, prefix: str, res: DiffResult) -> None:
         elif name in db:
             res.removed.append(path)
             res.added.append(path)
+            _add_tree(db[name], path, res)
         else:
             res.removed.append(path)
     for name, child in da.items():
@@ -107,6 +128,10 @@ def _diff(a: _Node, b: _Node, prefix: str, res: DiffResult) -> None:
             res.added.append(path)
         else:
             res.removed.append(path)
-    for name in list(fb) + list(db):
+    for name in fb:
         if name not in fa and name not in da:
             res.added.append(f"{prefix}/{name}")
+    for name, child in db.items():
+        if name not in fa and name not in da:
+            res.added.append(f"{prefix}/{name}")
+            _add_tree(child, f"{prefix}/{name}", res)

@@ -9,6 +9,7 @@ Covers what people put in commit metadata: numbers with optional type keywords
 from __future__ import annotations
 
 import re
+import struct
 from typing import Any
 
 from ostreefs.errors import UsageError
@@ -19,7 +20,7 @@ _KEYWORDS = {"boolean": "b", "byte": "y", "int16": "n", "uint16": "q", "int32": 
              "objectpath": "o", "signature": "g", "string": "s"}
 _TOKEN = re.compile(
     r"""\s*(?:(?P<str>b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*")|(?P<num>[-+]?(?:0x[0-9a-fA-F]+|"""
-    r"""\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+))|(?P<at>@[^\s\[\(<]+)|(?P<word>[A-Za-z_]+)"""
+    r"""\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+))|(?P<at>@[^\s\[\(<]+)|(?P<word>[A-Za-z_][A-Za-z0-9_]*)"""
     r"""|(?P<punct>[\[\](),<>{}:]))""")
 
 
@@ -110,62 +111,111 @@ def _unescape(s: str) -> str:
 
 
 def parse_text(text: str) -> Variant:
-    """Parse GVariant text into a Variant whose type is inferred as GLib infers it."""
+    """Parse GVariant text into a Variant whose type is inferred as GLib infers it.
+
+    ostree stores such values in the host's byte order (little-endian here) inside
+    an otherwise big-endian commit; the returned value is byte-swapped so that our
+    big-endian encoder writes exactly those bytes (and reading them back shows what
+    ``ostree show`` shows, e.g. 42 as 704643072).
+    """
     p = _Parser(text)
     sig, value = p.value()
     if p.peek() is not None:
         raise UsageError(f"Trailing text in GVariant value {text!r}")
     parse_type(sig)
-    return Variant(sig, value)
+    return Variant(sig, _host_order(sig, value))
 
 
-def format_value(sig: str, value: Any, top: bool = True) -> str:
-    """GVariant text as GLib prints it (with type annotations only where GLib adds them)."""
+_SWAP = {"n": "h", "q": "H", "i": "i", "u": "I", "x": "q", "t": "Q", "h": "i", "d": "d"}
+
+
+def _host_order(sig: str, value: Any) -> Any:
+    """Reinterpret numbers as if their little-endian bytes were read big-endian."""
+    if sig in _SWAP:
+        f = _SWAP[sig]
+        return struct.unpack(">" + f, struct.pack("<" + f, value))[0]
+    if sig == "v":
+        return Variant(value.signature, _host_order(value.signature, value.value))
+    if sig.startswith("a") and sig != "ay":
+        t = parse_type(sig).children[0]
+        return [_host_order(t.signature, v) for v in value]
+    if sig.startswith(("(", "{")):
+        t = parse_type(sig)
+        return tuple(_host_order(c.signature, v)
+                     for c, v in zip(t.children, value, strict=True))
+    return value
+
+
+def format_value(sig: str, value: Any, annotate: bool = True) -> str:
+    """GVariant text as ``g_variant_print(value, TRUE)`` writes it.
+
+    GLib annotates a type only where the text alone would be ambiguous, and inside an
+    array only the first element carries the annotation.
+    """
     if sig == "b":
         return "true" if value else "false"
-    if sig in ("s",):
+    if sig == "s":
         return _quote(value)
     if sig == "o":
-        return f"objectpath {_quote(value)}"
+        return f"objectpath {_quote(value)}" if annotate else _quote(value)
     if sig == "g":
-        return f"signature {_quote(value)}"
+        return f"signature {_quote(value)}" if annotate else _quote(value)
     if sig == "i":
         return str(value)
     if sig == "d":
         return repr(float(value))
-    if sig in ("y", "n", "q", "u", "x", "t", "h"):
+    if sig == "y":
+        return f"byte 0x{value:02x}" if annotate else f"0x{value:02x}"
+    if sig in ("n", "q", "u", "x", "t", "h"):
         name = {v: k for k, v in _KEYWORDS.items()}[sig]
-        return f"{name} {value}" if top else str(value)
+        return f"{name} {value}" if annotate else str(value)
     if sig == "v":
         return f"<{format_value(value.signature, value.value, True)}>"
-    if sig == "ay":
-        if value and value[-1:] == b"\0" and b"\0" not in value[:-1]:
-            try:
-                return "b" + _quote(value[:-1].decode("ascii"))
-            except UnicodeDecodeError:
-                pass
-        inner = ", ".join(f"0x{b:02x}" for b in value)
-        return f"[byte {inner}]" if value else "@ay []"
+    if sig == "ay" and value and value[-1:] == b"\0" and b"\0" not in value[:-1]:
+        q = '"' if b"'" in value else "'"
+        return f"b{q}{_strescape(value[:-1])}{q}"
     if sig.startswith("a{"):
         t = parse_type(sig).children[0]
         ks, vs = t.children[0].signature, t.children[1].signature
         if not value:
-            return f"@{sig} {{}}"
-        return "{" + ", ".join(f"{format_value(ks, k, True)}: {format_value(vs, v, True)}"
-                               for k, v in value) + "}"
+            return f"@{sig} {{}}" if annotate else "{}"
+        parts = []
+        for k, v in value:
+            parts.append(f"{format_value(ks, k, annotate)}: {format_value(vs, v, annotate)}")
+            annotate = False
+        return "{" + ", ".join(parts) + "}"
     if sig.startswith("a"):
         if not value:
-            return f"@{sig} []"
+            return f"@{sig} []" if annotate else "[]"
         inner_sig = sig[1:]
-        first = format_value(inner_sig, value[0], True)
-        rest = [format_value(inner_sig, v, False) for v in value[1:]]
-        return "[" + ", ".join([first, *rest]) + "]"
+        items = []
+        for v in value:
+            items.append(format_value(inner_sig, v, annotate))
+            annotate = False
+        return "[" + ", ".join(items) + "]"
     if sig.startswith("("):
         t = parse_type(sig)
-        return "(" + ", ".join(format_value(c.signature, v, True)
-                               for c, v in zip(t.children, value, strict=True)) + \
-            ("," if len(t.children) == 1 else "") + ")"
+        inner = ", ".join(format_value(c.signature, v, annotate)
+                          for c, v in zip(t.children, value, strict=True))
+        return "(" + inner + ("," if len(t.children) == 1 else "") + ")"
     return repr(value)
+
+
+_C_ESCAPES = {0x08: "\\b", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t",
+              0x0B: "\\v", 0x5C: "\\\\", 0x22: '\\"'}
+
+
+def _strescape(raw: bytes) -> str:
+    """GLib's g_strescape: C escapes, and octal for bytes outside printable ASCII."""
+    out = []
+    for b in raw:
+        if b in _C_ESCAPES:
+            out.append(_C_ESCAPES[b])
+        elif b < 0x20 or b >= 0x7F:
+            out.append(f"\\{b:03o}")
+        else:
+            out.append(chr(b))
+    return "".join(out)
 
 
 def _quote(s: str) -> str:
