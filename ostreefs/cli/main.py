@@ -27,48 +27,54 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
 
 
-def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]]:
-    from ostreefs.cli import (
-        cmd_commit,
-        cmd_config,
-        cmd_fsck,
-        cmd_history,
-        cmd_index,
-        cmd_init,
-        cmd_read,
-        cmd_refs,
-    )
-
-    return {
-        "init": ("Create a new repository", cmd_init.setup),
-        "commit": ("Commit a new revision", cmd_commit.setup),
-        "refs": ("List, create or delete refs", cmd_refs.setup_refs),
-        "rev-parse": ("Print the commit a rev names", cmd_refs.setup_rev_parse),
-        "reset": ("Move a ref to a commit", cmd_refs.setup_reset),
-        "log": ("Show the history of a commit", cmd_history.setup_log),
-        "show": ("Show a commit", cmd_history.setup_show),
-        "ls": ("List files in a commit", cmd_read.setup_ls),
-        "cat": ("Print files of a commit", cmd_read.setup_cat),
-        "diff": ("List differences between commits or directories", cmd_read.setup_diff),
-        "checksum": ("Print the content checksum of a file", cmd_read.setup_checksum),
-        "config": ("Read or change the repository configuration", cmd_config.setup),
-        "fsck": ("Check the repository for consistency", cmd_fsck.setup),
-        "index": ("Verify or rebuild the derived index", cmd_index.setup),
-    }
+#: name -> (one-line help, "module:setup function"). Only the module of the command
+#: being run is imported, which keeps a CLI call's start-up short.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("Create a new repository", "cmd_init:setup"),
+    "commit": ("Commit a new revision", "cmd_commit:setup"),
+    "refs": ("List, create or delete refs", "cmd_refs:setup_refs"),
+    "rev-parse": ("Print the commit a rev names", "cmd_refs:setup_rev_parse"),
+    "reset": ("Move a ref to a commit", "cmd_refs:setup_reset"),
+    "log": ("Show the history of a commit", "cmd_history:setup_log"),
+    "show": ("Show a commit", "cmd_history:setup_show"),
+    "ls": ("List files in a commit", "cmd_read:setup_ls"),
+    "cat": ("Print files of a commit", "cmd_read:setup_cat"),
+    "diff": ("List differences between commits or directories", "cmd_read:setup_diff"),
+    "checksum": ("Print the content checksum of a file", "cmd_read:setup_checksum"),
+    "config": ("Read or change the repository configuration", "cmd_config:setup"),
+    "fsck": ("Check the repository for consistency", "cmd_fsck:setup"),
+    "index": ("Verify or rebuild the derived index", "cmd_index:setup"),
+    "checkout": ("Check out a commit into a directory", "cmd_checkout:setup"),
+    "pull-local": ("Copy commits from another repository on this machine",
+                   "cmd_pull_local:setup"),
+    "prune": ("Delete objects no kept commit reaches", "cmd_prune:setup"),
+    "export": ("Write a commit as a tar stream", "cmd_export:setup"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _load_setup(spec: str) -> Callable[[argparse.ArgumentParser], Handler]:
+    import importlib
+
+    module, func = spec.split(":")
+    setup: Callable[[argparse.ArgumentParser], Handler] = getattr(
+        importlib.import_module(f"ostreefs.cli.{module}"), func)
+    return setup
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only``, just that command's options are set up."""
     p = _Parser(prog="ostreefs",
                 description="A content-addressed store for bootable filesystem trees. "
                             "Repositories are OSTree repositories; commands accept "
                             "ostree's command lines.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, (helptext, setup) in _commands().items():
+    for name, (helptext, spec) in COMMANDS.items():
         sp = sub.add_parser(name, help=helptext, description=helptext)
         sp.add_argument("--repo", metavar="PATH",
                         help="path to the repository (default: $OSTREE_REPO)")
-        sp.set_defaults(handler=setup(sp))
+        if only is None or only == name:
+            sp.set_defaults(handler=_load_setup(spec)(sp))
     return p
 
 
@@ -76,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
         args_list = _hoist_global_repo(args_list)
-        parser = build_parser()
+        first = next((a for a in args_list if not a.startswith("-")), None)
+        parser = build_parser(first if first in COMMANDS else None)
         if not args_list:
             parser.print_help(sys.stderr)
             return 1
