@@ -186,37 +186,39 @@ class _Checkout:
                 raise CheckoutError(f"Cannot replace directory {self._where(name)} "
                                     "with a file")
             os.unlink(name, dir_fd=dir_fd)
-        # Empty files are copied, as ostree copies them: one inode linked from every
-        # empty file of every checkout would soon hit the link-count limit.
-        if self.can_link and not self._is_empty(checksum) and \
-                self._try_link(dir_fd, name, checksum):
-            self.stats.hardlinked += 1
-            return
+        if self.can_link:
+            src = self._link_source(checksum)
+            if src is not None and self._link(src, dir_fd, name):
+                self.stats.hardlinked += 1
+                return
         self._copy(dir_fd, name, checksum)
         self.stats.copied += 1
 
-    def _is_empty(self, checksum: str) -> bool:
-        if self.link_mode == "cache":
-            return self.repo.load_file_header(checksum)[1] == 0
-        try:
-            st = os.lstat(self.repo.object_path(checksum, ObjectType.FILE))
-        except FileNotFoundError:
-            return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == 0
+    def _link_source(self, checksum: str) -> str | None:
+        """The file to hardlink for this object, or None where ostree would copy.
 
-    def _try_link(self, dir_fd: int, name: str, checksum: str) -> bool:
+        Empty files are copied, as ostree copies them (one inode linked from every
+        empty file of every checkout would soon hit the link-count limit); so are
+        symlinks that are not stored as symlinks (bare-user) or not linkable.
+        """
         if self.link_mode == "cache":
-            src = self._cached(checksum)
-            if src is None:
-                return False
-        else:
-            src = str(self.repo.object_path(checksum, ObjectType.FILE))
-            if self.link_mode == "link" and self.repo.mode is not RepoMode.BARE \
-                    and os.path.islink(src):
-                # bare-user-only keeps symlinks as symlinks: recreate rather than link.
-                return False
-            if self.repo.mode is RepoMode.BARE_USER and self._is_user_symlink(checksum):
-                return False
+            return self._cached(checksum)
+        src = self.repo.object_path_str(checksum, ObjectType.FILE)
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            raise StoreError(f"No such file object {checksum}") from None
+        if stat.S_ISLNK(st.st_mode):
+            return src if self.repo.mode is RepoMode.BARE else None
+        if st.st_size == 0:
+            return None
+        if self.repo.mode is RepoMode.BARE_USER:
+            meta = os.getxattr(src, "user.ostreemeta", follow_symlinks=False)
+            if stat.S_ISLNK(FileHeader.from_bareuser_meta(meta).mode):
+                return None
+        return src
+
+    def _link(self, src: str, dir_fd: int, name: str) -> bool:
         try:
             os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
             return True
@@ -227,22 +229,16 @@ class _Checkout:
                                         f"{e.strerror}") from None
                 self.can_link = e.errno != errno.EXDEV
                 return False
-            if e.errno == errno.ENOENT:
-                raise StoreError(f"No such file object {checksum}") from None
             raise
-
-    def _is_user_symlink(self, checksum: str) -> bool:
-        header, _ = self.repo.load_file_header(checksum)
-        return header.is_symlink
 
     def _cached(self, checksum: str) -> str | None:
         """The uncompressed-object cache entry for an archive object (made on demand)."""
-        header, _size = self.repo.load_file_header(checksum)
-        if header.is_symlink:
-            return None
         path = self.repo.path / CACHE_DIR / checksum[:2] / f"{checksum[2:]}.file"
-        if path.exists():
-            return str(path)
+        if os.path.lexists(path):
+            return str(path)  # only non-empty regular files are ever cached
+        header, size = self.repo.load_file_header(checksum)
+        if header.is_symlink or size == 0:
+            return None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / _fs.tmp_name()
@@ -284,7 +280,7 @@ class _Checkout:
 
     def _write_payload(self, fd: int, checksum: str) -> None:
         if not self.repo.mode.is_archive:
-            src = os.open(self.repo.object_path(checksum, ObjectType.FILE),
+            src = os.open(self.repo.object_path_str(checksum, ObjectType.FILE),
                           os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 while True:

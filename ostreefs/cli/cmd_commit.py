@@ -21,8 +21,10 @@ def setup(p: argparse.ArgumentParser) -> Handler:
     a("--body-file", metavar="FILE", help="read the body from FILE")
     a("--parent", metavar="REV", help="parent commit, or 'none' (default: branch head)")
     a("--orphan", action="store_true", help="create a commit without a branch or parent")
-    a("--tree", action="append", default=[], metavar="dir=PATH|ref=REV",
+    a("--tree", action="append", default=[], metavar="dir=PATH|tar=FILE|ref=REV",
       help="overlay this tree; repeatable, later ones win")
+    a("--tar-autocreate-parents", action="store_true",
+      help="when importing tars, create parent directories the tar does not list")
     a("--timestamp", metavar="DATE", help="commit time: @SECONDS or 'YYYY-MM-DD HH:MM:SS "
                                           "+0000' (default: now)")
     a("--add-metadata-string", action="append", default=[], metavar="KEY=VALUE",
@@ -46,7 +48,8 @@ def setup(p: argparse.ArgumentParser) -> Handler:
     a("--consume", action="store_true", help="delete the committed files afterwards")
     a("--fsync", metavar="BOOL", help="sync objects and refs to disk (default: repo config)")
     a("--link-checkout-speedup", action="store_true",
-      help="accepted for compatibility; the stat cache always applies")
+      help="take hardlinked files' objects without reading them, even in bare-user "
+           "repos (where this keeps the objects' metadata, as ostree does)")
     a("--no-stat-cache", action="store_true",
       help="hash every file even if the stat cache knows it")
     a("--table-output", action="store_true", help="print a summary table")
@@ -79,6 +82,8 @@ def _options(args: argparse.Namespace, repo_mod: CommitModifier) -> CommitOption
         skip_if_unchanged=args.skip_if_unchanged, consume=args.consume,
         fsync=parse_bool(args.fsync) if args.fsync is not None else None,
         use_stat_cache=not args.no_stat_cache,
+        link_checkout_speedup=args.link_checkout_speedup,
+        tar_autocreate_parents=args.tar_autocreate_parents,
     )
 
 
@@ -86,9 +91,9 @@ def _sources(args: argparse.Namespace) -> list[TreeSource]:
     out = []
     for t in args.tree:
         kind, eq, value = t.partition("=")
-        if not eq or kind not in ("dir", "ref"):
-            raise UsageError(f"Invalid --tree '{t}'", hint="use --tree=dir=PATH or "
-                                                          "--tree=ref=REV")
+        if not eq or kind not in ("dir", "tar", "ref"):
+            raise UsageError(f"Invalid --tree '{t}'", hint="use --tree=dir=PATH, "
+                                                          "--tree=tar=FILE or --tree=ref=REV")
         out.append(TreeSource(kind, value))
     if args.path is not None:
         out.append(TreeSource("dir", args.path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import re
 from datetime import UTC, datetime
 
@@ -58,3 +59,27 @@ def parse_bool(text: str) -> bool:
 
 def format_date(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
+
+
+def format_size(n: int) -> str:
+    """A byte count as GLib's g_format_size prints it (ostree's prune and pull lines):
+    SI units, one decimal, and a no-break space before a unit other than bytes."""
+    if n < 1000:
+        return "1 byte" if n == 1 else f"{n} bytes"
+    units = ["kB", "MB", "GB", "TB", "PB", "EB"]
+    i = 0
+    while i + 1 < len(units) and n >= 1000 ** (i + 2):
+        i += 1
+    return f"{n / 1000 ** (i + 1):.1f}\u00a0{units[i]}"
+
+
+def in_locale_charset(text: str) -> str:
+    """Text as g_print writes it: what the locale's charset lacks becomes '?'.
+
+    So under ``LC_ALL=C`` the no-break space of a size is '?', as ostree prints it.
+    """
+    try:
+        codeset = locale.nl_langinfo(locale.CODESET)
+        return text.encode(codeset, "replace").decode(codeset)
+    except (AttributeError, LookupError, ValueError):
+        return text

@@ -9,6 +9,8 @@ Databases:
 ``stat``     xxh3-128 of a source file's identity, stat and commit modifiers ->
              raw content checksum + the time it was hashed (u64 BE ns)
 ``dirs``     "XX" -> mtime_ns of ``objects/XX`` when the catalog last matched it
+``inodes``   st_dev + st_ino of a content object file -> raw checksum, so a commit of a
+             hardlinked checkout can name each file's object without reading it
 
 The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
 with the recorded one and rescans only the directories that changed, which catches a
@@ -51,9 +53,13 @@ DIR_SETTLE_NS = 2_000_000_000
 _ENVS: dict[str, Any] = {}
 
 
+def _ino_key(dev: int, ino: int) -> bytes:
+    return struct.pack(">QQ", dev, ino)
+
+
 def _open_env(path: str) -> Any:
     # No fsync of the index: it is derived, and sync() repairs whatever a crash lost.
-    return lmdb.open(path, map_size=1 << 34, max_dbs=8, subdir=True, sync=False,
+    return lmdb.open(path, map_size=1 << 34, max_dbs=12, subdir=True, sync=False,
                      metasync=False, lock=True)
 
 
@@ -78,6 +84,7 @@ class Index:
         self.stat = env.open_db(b"stat")
         self.dirs = env.open_db(b"dirs")
         self.info = env.open_db(b"info")
+        self.inodes = env.open_db(b"inodes")
 
     @classmethod
     def open(cls, repo: Repo) -> Index:
@@ -192,10 +199,12 @@ class Index:
             if txn.get(key, db=self.catalog) is not None:
                 continue
             try:
-                size = os.lstat(self.repo.object_path(csum, otype)).st_size
+                st = os.lstat(self.repo.object_path(csum, otype))
             except FileNotFoundError:
                 continue
-            txn.put(key, struct.pack(">Q", size), db=self.catalog)
+            txn.put(key, struct.pack(">Q", st.st_size), db=self.catalog)
+            if otype is ObjectType.FILE:
+                txn.put(_ino_key(st.st_dev, st.st_ino), key[:32], db=self.inodes)
             if otype is ObjectType.COMMIT:
                 self._add_commit(txn, csum)
 
@@ -203,7 +212,7 @@ class Index:
         """Throw the derived data away and recompute it from the objects and reflogs."""
         with self.env.begin(write=True) as txn:
             for db in (self.catalog, self.commits, self.children, self.dirs, self.stat,
-                       self.reflog):
+                       self.reflog, self.inodes):
                 txn.drop(db, delete=False)
         self.sync()
         self._load_reflogs()
@@ -299,6 +308,19 @@ class Index:
         problems += [f"index lists missing {c}.{t.value}"
                      for c, t in sorted(indexed - on_disk, key=str)]
         return problems
+
+    # ------------------------------------------------------------ object inodes
+
+    def record_inodes(self, items: Iterable[tuple[int, int, str]]) -> None:
+        with self.env.begin(write=True) as txn:
+            for dev, ino, checksum in items:
+                txn.put(_ino_key(dev, ino), bytes.fromhex(checksum), db=self.inodes)
+
+    def object_by_inode(self, dev: int, ino: int) -> str | None:
+        """The content object that had this inode when indexed (verify before use)."""
+        with self.env.begin() as txn:
+            v = txn.get(_ino_key(dev, ino), db=self.inodes)
+        return None if v is None or len(v) != 32 else bytes(v).hex()
 
     # -------------------------------------------------------------- stat cache
 

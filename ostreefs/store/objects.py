@@ -43,7 +43,7 @@ class ObjectType(Enum):
     DIR_TREE = "dirtree"
     DIR_META = "dirmeta"
     COMMIT = "commit"
-    TOMBSTONE_COMMIT = "commit-tombstone"
+    TOMBSTONE_COMMIT = "tombstone-commit"
     COMMIT_META = "commitmeta"
 
     @property
@@ -174,7 +174,8 @@ class DirTree:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        files, dirs = _decode("dirtree", DIRTREE_SIG, data)
+        parsed = _fast_dirtree(data)
+        files, dirs = parsed if parsed is not None else _decode("dirtree", DIRTREE_SIG, data)
         f = tuple((validate_name(n), raw_to_hex(c, "dirtree")) for n, c in files)
         d = tuple(
             (validate_name(n), raw_to_hex(t, "dirtree"), raw_to_hex(m, "dirtree"))
@@ -190,6 +191,78 @@ class DirTree:
 
     def checksum(self) -> str:
         return sha256_hex(self.to_bytes())
+
+
+def _off_size(n: int) -> int:
+    return 1 if n <= 0xFF else 2 if n <= 0xFFFF else 4 if n <= 0xFFFFFFFF else 8
+
+
+def _fast_array(data: bytes, start: int, end: int, n_offsets: int
+                ) -> list[tuple[bytes, ...]] | None:
+    """Elements of an a(say) or a(sayay) at [start, end), or None if anything is off.
+
+    Every member is byte-aligned, so the layout is framing offsets only. None sends
+    the caller to the generic decoder, which reports the precise error.
+    """
+    size = end - start
+    if size == 0:
+        return []
+    z = _off_size(size)
+    frombytes = int.from_bytes
+    table = frombytes(data[end - z:end], "little")
+    if table > size - z or (size - table) % z:
+        return None
+    out = []
+    pos = start
+    for i in range(start + table, end, z):
+        elem_end = start + frombytes(data[i:i + z], "little")
+        if elem_end < pos or elem_end > start + table:
+            return None
+        esize = elem_end - pos
+        ez = _off_size(esize)
+        frame = elem_end - ez * n_offsets
+        if frame < pos:
+            return None
+        ends = [pos + frombytes(data[frame + k * ez:frame + (k + 1) * ez], "little")
+                for k in range(n_offsets - 1, -1, -1)]
+        ends.append(frame)
+        parts = []
+        p = pos
+        for e in ends:
+            if e < p or e > frame:
+                return None
+            parts.append(data[p:e])
+            p = e
+        name = parts[0]
+        if not name or name[-1] != 0:
+            return None
+        out.append(tuple(parts))
+        pos = elem_end
+    return out
+
+
+def _fast_dirtree(data: bytes) -> tuple[list[tuple[str, bytes]],
+                                         list[tuple[str, bytes, bytes]]] | None:
+    """Parse a dirtree without the generic codec (it is on every hot path)."""
+    size = len(data)
+    if size == 0:
+        return None
+    z = _off_size(size)
+    files_end = int.from_bytes(data[size - z:], "little")
+    if files_end > size - z:
+        return None
+    fa = _fast_array(data, 0, files_end, 1)
+    da = _fast_array(data, files_end, size - z, 2)
+    if fa is None or da is None:
+        return None
+    try:
+        files = [(n[:-1].decode("utf-8"), c) for n, c in fa]
+        dirs = [(n[:-1].decode("utf-8"), t, m) for n, t, m in da]
+    except UnicodeDecodeError:
+        return None
+    if any(b"\0" in n.encode() for n, *_ in files + dirs):  # type: ignore[operator]
+        return None
+    return files, dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +379,9 @@ class FileHeader:
 
     @classmethod
     def from_bareuser_meta(cls, data: bytes, symlink_target: str = "") -> Self:
+        if len(data) == 12:  # no xattrs: the common case, three big-endian integers
+            uid, gid, mode = struct.unpack(">III", data)
+            return cls(uid, gid, mode, symlink_target)
         uid, gid, mode, xattrs = _decode("user.ostreemeta", BAREUSER_META_SIG, data)
         return cls(uid, gid, mode, symlink_target, _xattrs_from_gv(xattrs))
 

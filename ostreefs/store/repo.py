@@ -59,6 +59,8 @@ class Repo:
         self.config = config
         mode = config.get("core", "mode")
         self.mode = RepoMode.parse(mode) if mode is not None else RepoMode.BARE
+        self._objdir = f"{path}/objects/"
+        self._file_ext = ".filez" if self.mode.is_archive else ".file"
         self._lock_depth = 0
         self._lock_kind: int | None = None  # an _fs.LOCK_* value while held
         self._lock_fd: int | None = None
@@ -246,15 +248,18 @@ class Repo:
     # -------------------------------------------------------------------- objects
 
     def object_path(self, checksum: str, otype: ObjectType) -> Path:
-        ext = otype.value
-        if otype is ObjectType.FILE and self.mode.is_archive:
-            ext = "filez"
-        return self.path / "objects" / checksum[:2] / f"{checksum[2:]}.{ext}"
+        return Path(self.object_path_str(checksum, otype))
+
+    def object_path_str(self, checksum: str, otype: ObjectType) -> str:
+        """The object's path as a string: per-file loops avoid pathlib's cost."""
+        if otype is ObjectType.FILE:
+            return f"{self._objdir}{checksum[:2]}/{checksum[2:]}{self._file_ext}"
+        return f"{self._objdir}{checksum[:2]}/{checksum[2:]}.{otype.value}"
 
     def has_object(self, checksum: str, otype: ObjectType) -> bool:
         """Whether the object is on disk (the index is never asked: it may lag)."""
         try:
-            os.lstat(self.object_path(checksum, otype))
+            os.lstat(self.object_path_str(checksum, otype))
             return True
         except FileNotFoundError:
             return False
@@ -263,7 +268,7 @@ class Repo:
         if not is_checksum(checksum):
             raise MalformedData("checksum", f"{checksum!r} is not a SHA-256 in hex")
         try:
-            return _fs.read_file(self.object_path(checksum, otype))
+            return _fs.read_file(self.object_path_str(checksum, otype))
         except FileNotFoundError:
             raise ObjectMissing(checksum, otype.value) from None
         except IsADirectoryError:
@@ -317,7 +322,7 @@ class Repo:
 
     def load_file_header(self, checksum: str) -> tuple[FileHeader, int]:
         """A content object's metadata and payload size, without reading the payload."""
-        path = self.object_path(checksum, ObjectType.FILE)
+        path = self.object_path_str(checksum, ObjectType.FILE)
         try:
             if self.mode.is_archive:
                 with open(path, "rb") as f:
@@ -363,7 +368,7 @@ class Repo:
 
     def iter_file_payload(self, checksum: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         """A regular file's bytes, decompressed in archive mode, streamed in chunks."""
-        path = self.object_path(checksum, ObjectType.FILE)
+        path = self.object_path_str(checksum, ObjectType.FILE)
         try:
             f = open(path, "rb")
         except FileNotFoundError:
@@ -379,8 +384,13 @@ class Repo:
             f.seek(8 + int.from_bytes(head[:4], "big"))
             d = zlib.decompressobj(-15)
             try:
-                while block := f.read(chunk):
-                    out = d.decompress(block)
+                while True:
+                    # Bounded output per step: a highly compressible object must not
+                    # inflate into memory all at once.
+                    block = d.unconsumed_tail or f.read(chunk)
+                    if not block:
+                        break
+                    out = d.decompress(block, chunk)
                     if out:
                         yield out
                 tail = d.flush()
@@ -402,7 +412,7 @@ def _corrupt_as(checksum: str, what: str) -> Iterator[None]:
         raise CorruptObject(checksum, what, e.args[1]) from None
 
 
-def _xattrs_sorted(path: Path) -> tuple[tuple[bytes, bytes], ...]:
+def _xattrs_sorted(path: str) -> tuple[tuple[bytes, bytes], ...]:
     from ostreefs.store.objects import normalize_xattrs
 
     return normalize_xattrs(_fs.list_xattrs(path))

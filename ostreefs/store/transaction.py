@@ -19,6 +19,7 @@ import os
 import secrets
 import stat
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,8 @@ class Transaction:
         self._umask = _current_umask()
         #: (checksum, type, size on disk) of each object made visible by commit().
         self.written: list[tuple[str, ObjectType, int]] = []
+        #: (st_dev, st_ino, checksum) of each content object written (rename keeps them).
+        self.inodes: list[tuple[int, int, str]] = []
         self._made_dirs: set[str] = set()
         self._lock_cm = repo.lock(exclusive=False)
         self._lock_cm.__enter__()
@@ -239,6 +242,16 @@ class Transaction:
         The object is written while it is hashed, so a large file is read once; if it
         turns out to exist already the staged copy is dropped.
         """
+        return self.write_file_chunks(header, iter(lambda: os.read(fd_in, READ_CHUNK), b""),
+                                      size)
+
+    def write_file_chunks(self, header: FileHeader, chunks: Iterable[bytes], size: int) -> str:
+        """Store a regular file whose bytes arrive as ``chunks``; return its checksum.
+
+        Like :meth:`write_file_stream` (which reads its fd through this): written while
+        hashed, the staged copy dropped if the object exists. ``size`` must be the total
+        length of the chunks.
+        """
         h = hashlib.sha256(header.checksum_header())
         next(self._content_calls)
         tmp = self._tmpfile()
@@ -249,10 +262,9 @@ class Transaction:
             c = zlib.compressobj(self.repo.zlib_level, zlib.DEFLATED, -15) if archive else None
             if c is not None:
                 _fs.write_all(fd, header.archive_header(size))
-            while True:
-                block = os.read(fd_in, READ_CHUNK)
+            for block in chunks:
                 if not block:
-                    break
+                    continue
                 total += len(block)
                 h.update(block)
                 _fs.write_all(fd, c.compress(block) if c is not None else block)
@@ -329,7 +341,10 @@ class Transaction:
                     (objdir / sub).mkdir(mode=0o755, exist_ok=True)
                     touched.add(sub)
                 src = self._stage_path(checksum, otype)
-                written.append((checksum, otype, os.lstat(src).st_size))
+                st = os.lstat(src)
+                written.append((checksum, otype, st.st_size))
+                if otype is ObjectType.FILE:
+                    self.inodes.append((st.st_dev, st.st_ino, checksum))
                 os.rename(src, objdir / sub / src.name)
             if self.fsync and touched:
                 fd = os.open(objdir, os.O_RDONLY | os.O_DIRECTORY)

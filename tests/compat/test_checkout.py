@@ -206,3 +206,25 @@ def test_recommit_of_checkout_gives_the_same_tree(repos: Callable[[str], Path],
     show2 = subprocess.run(["ostree", "ls", f"--repo={repo}", "-C", "-d", got, "/"],
                            check=True, capture_output=True, text=True).stdout
     assert show.split()[4:6] == show2.split()[4:6]  # same root dirtree and dirmeta
+
+
+@pytest.mark.parametrize("mode", ["bare", "bare-user-only"])
+def test_commit_of_hardlinked_checkout_reuses_objects(tmp_path: Path, ostree: Tool,
+                                                      ostreefs: Tool, mode: str) -> None:
+    """Files that are hardlinks of objects are taken by inode: nothing is rehashed."""
+    src = make_tree(tmp_path / "src", seed=21)
+    repo = init_repo(ostree, tmp_path / "repo", mode)
+    want = ostree("commit", f"--repo={repo}", "-b", "m", "-s", "s", TS_ARG,
+                  *(["--canonical-permissions"] if mode == "bare-user-only" else []),
+                  str(src), env=UTF8).stdout.strip()
+    dest = tmp_path / "co"
+    ostree("checkout", f"--repo={repo}", *(["-U"] if mode != "bare" else []), "m", str(dest),
+           env=UTF8)
+    linked = sum(1 for p in regular_files(dest) if os.lstat(p).st_nlink > 1)
+    assert linked > 10
+    out = ostreefs("commit", f"--repo={repo}", "-b", "m", "-s", "s", TS_ARG, "--parent=none",
+                   "--table-output", str(dest), env=UTF8).stdout
+    table = dict(line.split(": ", 1) for line in out.splitlines())
+    assert table["Content Written"] == "0"
+    assert int(table["Content Cache Hits"]) >= linked
+    assert table["Commit"] == want
