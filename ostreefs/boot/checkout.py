@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from ostreefs.store.repo import READ_CHUNK, Repo
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 CACHE_DIR = "uncompressed-objects-cache"
+#: Directories with at least this many files are checked out on a thread pool.
+PARALLEL_MIN = 48
+PARALLEL_CHUNK = 32
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -96,6 +100,7 @@ class _Checkout:
             raise CheckoutError(f"Cannot hardlink from a {mode.cli_name} repository "
                                 "with these options", hint="drop -H to allow copies")
         self.can_link = self.link_mode != "copy"
+        self.pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ dirs
 
@@ -149,13 +154,35 @@ class _Checkout:
         assert isinstance(t, DirTree)
         # Files, then directories, each in dirtree order; a whiteout acts where it
         # sorts, as in ostree (so it also removes an earlier entry of its own layer).
-        for n, c in t.files:
-            if self.o.whiteouts and n.startswith(WHITEOUT_PREFIX):
-                self._whiteout(fd, n)
-            else:
-                self.checkout_file(fd, n, c)
+        if self.pool is not None and len(t.files) >= PARALLEL_MIN and not self.o.whiteouts:
+            self._files_in_parallel(fd, t.files)
+        else:
+            for n, c in t.files:
+                if self.o.whiteouts and n.startswith(WHITEOUT_PREFIX):
+                    self._whiteout(fd, n)
+                else:
+                    self.checkout_file(fd, n, c)
         for n, dt, dm in t.dirs:
             self.checkout_dir(fd, n, dt, dm, False)
+
+    def _files_in_parallel(self, fd: int, files: tuple[tuple[str, str], ...]) -> None:
+        """Link or copy a large directory's files on the pool (the syscalls overlap)."""
+        assert self.pool is not None
+
+        def run(chunk: tuple[tuple[str, str], ...]) -> list[str]:
+            return [self._checkout_file(fd, n, c) for n, c in chunk]
+
+        futures = [self.pool.submit(run, files[i:i + PARALLEL_CHUNK])
+                   for i in range(0, len(files), PARALLEL_CHUNK)]
+        errors = []
+        for f in futures:
+            try:
+                for outcome in f.result():
+                    self._count(outcome)
+            except BaseException as e:  # noqa: B036 - first error re-raised below
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
     def _whiteout(self, fd: int, name: str) -> None:
         self.stats.whiteouts += 1
@@ -170,15 +197,23 @@ class _Checkout:
     # ----------------------------------------------------------------- files
 
     def checkout_file(self, dir_fd: int, name: str, checksum: str) -> None:
+        self._count(self._checkout_file(dir_fd, name, checksum))
+
+    def _count(self, outcome: str) -> None:
         self.stats.files += 1
+        setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
+    def _checkout_file(self, dir_fd: int, name: str, checksum: str) -> str:
+        """Check out one file; return "skipped", "hardlinked" or "copied".
+
+        Runs on worker threads: it touches no shared state but the file system.
+        """
         if self.union_any and _exists(dir_fd, name):
             if self.o.union_add:
-                self.stats.skipped += 1
-                return
+                return "skipped"
             if self.o.union_identical:
                 if self._identical(dir_fd, name, checksum):
-                    self.stats.skipped += 1
-                    return
+                    return "skipped"
                 raise CheckoutError(f"Checkout of {self._where(name)} would replace a "
                                     "different existing file (--union-identical)")
             st = os.lstat(name, dir_fd=dir_fd)
@@ -189,10 +224,9 @@ class _Checkout:
         if self.can_link:
             src = self._link_source(checksum)
             if src is not None and self._link(src, dir_fd, name):
-                self.stats.hardlinked += 1
-                return
+                return "hardlinked"
         self._copy(dir_fd, name, checksum)
-        self.stats.copied += 1
+        return "copied"
 
     def _link_source(self, checksum: str) -> str | None:
         """The file to hardlink for this object, or None where ostree would copy.
@@ -366,11 +400,14 @@ def _set_link_xattr(dir_fd: int, name: str, key: bytes, value: bytes) -> None:
 
 
 def checkout(repo: Repo, commit: str, dest: str | os.PathLike[str],
-             opts: CheckoutOptions | None = None) -> CheckoutStats:
+             opts: CheckoutOptions | None = None, threads: int | None = None) -> CheckoutStats:
     """Check out ``commit`` (a checksum) into ``dest``; see the module docstring."""
     opts = opts or CheckoutOptions()
     co = _Checkout(repo, opts)
     co._path = []
+    if threads != 1:
+        co.pool = ThreadPoolExecutor(max_workers=threads or min(8, 2 * (os.cpu_count() or 2)),
+                                     thread_name_prefix="ostreefs-checkout")
     dest_path = Path(dest)
     try:
         entry = treemod.lookup(repo, commit, opts.subpath)
@@ -400,4 +437,6 @@ def checkout(repo: Repo, commit: str, dest: str | os.PathLike[str],
                             + (f": {e.filename}" if e.filename else "")) from None
     finally:
         os.close(parent_fd)
+        if co.pool is not None:
+            co.pool.shutdown(wait=True)
     return co.stats
