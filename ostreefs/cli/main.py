@@ -49,6 +49,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                    "cmd_pull_local:setup"),
     "prune": ("Delete objects no kept commit reaches", "cmd_prune:setup"),
     "export": ("Write a commit as a tar stream", "cmd_export:setup"),
+    "mount": ("Mount a commit read-only (FUSE)", "cmd_mount:setup"),
+    "umount": ("Unmount an ostreefs mount", "cmd_umount:setup"),
 }
 
 

@@ -9,6 +9,7 @@ validates when it loads an object (names, checksum lengths), because a name such
 from __future__ import annotations
 
 import hashlib
+import re
 import stat
 import struct
 from collections.abc import Iterable, Mapping
@@ -57,9 +58,12 @@ class ObjectType(Enum):
         return cls(ext)
 
 
+_CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
+
+
 def is_checksum(s: str) -> bool:
     """Whether ``s`` is a 64-character lowercase hex SHA-256."""
-    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+    return _CHECKSUM_RE.fullmatch(s) is not None
 
 
 def raw_to_hex(raw: bytes, what: str = "checksum") -> str:
@@ -132,6 +136,11 @@ class DirMeta:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
+        if len(data) == 12:  # no xattrs: three big-endian integers
+            uid, gid, mode = struct.unpack(">III", data)
+            if not stat.S_ISDIR(mode):
+                raise MalformedData("dirmeta", f"mode {mode:o} is not a directory")
+            return cls(uid, gid, mode)
         uid, gid, mode, xattrs = _decode("dirmeta", DIRMETA_SIG, data)
         if not stat.S_ISDIR(mode):
             raise MalformedData("dirmeta", f"mode {mode:o} is not a directory")
@@ -174,8 +183,10 @@ class DirTree:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        parsed = _fast_dirtree(data)
-        files, dirs = parsed if parsed is not None else _decode("dirtree", DIRTREE_SIG, data)
+        fast = _fast_dirtree_raw(data)
+        if fast is not None:
+            return cls._from_raw(*fast)
+        files, dirs = _decode("dirtree", DIRTREE_SIG, data)
         f = tuple((validate_name(n), raw_to_hex(c, "dirtree")) for n, c in files)
         d = tuple(
             (validate_name(n), raw_to_hex(t, "dirtree"), raw_to_hex(m, "dirtree"))
@@ -189,8 +200,37 @@ class DirTree:
                 raise MalformedData("dirtree", "entries are not sorted")
         return cls(f, d)
 
+    @classmethod
+    def _from_raw(cls, fa: list[tuple[bytes, ...]], da: list[tuple[bytes, ...]]) -> Self:
+        """Validate and convert entries whose names are still bytes (the fast path)."""
+        fnames = [e[0] for e in fa]
+        dnames = [e[0] for e in da]
+        for names in (fnames, dnames):
+            if any(a >= b for a, b in zip(names, names[1:], strict=False)):
+                raise MalformedData("dirtree", "entries are not sorted")
+        if not set(fnames).isdisjoint(dnames):
+            raise MalformedData("dirtree", "duplicate name")
+        try:
+            f = tuple((_raw_name(n), _raw_csum(c)) for n, c in fa)
+            d = tuple((_raw_name(n), _raw_csum(t), _raw_csum(m)) for n, t, m in da)
+        except UnicodeDecodeError:
+            raise MalformedData("dirtree", "name is not valid UTF-8") from None
+        return cls(f, d)
+
     def checksum(self) -> str:
         return sha256_hex(self.to_bytes())
+
+
+def _raw_name(n: bytes) -> str:
+    if not n or n in (b".", b"..") or b"/" in n:
+        raise MalformedData("dirtree", f"invalid file name {n!r}")
+    return n.decode("utf-8")
+
+
+def _raw_csum(c: bytes) -> str:
+    if len(c) != 32:
+        raise MalformedData("dirtree", f"checksum has {len(c)} bytes, not 32")
+    return c.hex()
 
 
 def _off_size(n: int) -> int:
@@ -241,9 +281,10 @@ def _fast_array(data: bytes, start: int, end: int, n_offsets: int
     return out
 
 
-def _fast_dirtree(data: bytes) -> tuple[list[tuple[str, bytes]],
-                                         list[tuple[str, bytes, bytes]]] | None:
-    """Parse a dirtree without the generic codec (it is on every hot path)."""
+def _fast_dirtree_raw(data: bytes) -> tuple[list[tuple[bytes, ...]],
+                                             list[tuple[bytes, ...]]] | None:
+    """Split a dirtree into raw entries (names without their NUL) without the generic
+    codec, which is too slow for the hot paths that read every directory."""
     size = len(data)
     if size == 0:
         return None
@@ -255,14 +296,13 @@ def _fast_dirtree(data: bytes) -> tuple[list[tuple[str, bytes]],
     da = _fast_array(data, files_end, size - z, 2)
     if fa is None or da is None:
         return None
-    try:
-        files = [(n[:-1].decode("utf-8"), c) for n, c in fa]
-        dirs = [(n[:-1].decode("utf-8"), t, m) for n, t, m in da]
-    except UnicodeDecodeError:
-        return None
-    if any(b"\0" in n.encode() for n, *_ in files + dirs):  # type: ignore[operator]
-        return None
-    return files, dirs
+    for entries in (fa, da):
+        for i, e in enumerate(entries):
+            name = e[0][:-1]
+            if b"\0" in name:
+                return None
+            entries[i] = (name, *e[1:])
+    return fa, da
 
 
 @dataclass(frozen=True, slots=True)

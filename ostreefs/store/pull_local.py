@@ -239,6 +239,9 @@ class _Puller:
         self._pool = ThreadPoolExecutor(max_workers=THREADS,
                                         thread_name_prefix="ostreefs-pull")
         self._futures: list[Future[None]] = []
+        #: Same-mode pulls on one filesystem only hardlink: done on the walking thread.
+        self._link_inline = (self.can_hardlink and self.direct_ok and src.mode is dest.mode
+                             and not untrusted and not bareuseronly_files)
 
     def close(self) -> None:
         self._failed.set()
@@ -327,7 +330,10 @@ class _Puller:
                 continue
             self.requested_content.add(fc)
             self.n_content += 1
-            self._futures.append(self._pool.submit(self._content_job, fc))
+            if self._link_inline:
+                self._import_content(fc)  # a hardlink: cheaper than a pool hop
+            else:
+                self._futures.append(self._pool.submit(self._content_job, fc))
         for _name, t, m in tree.dirs:
             self.queue(t, ObjectType.DIR_TREE, None)
             self.queue(m, ObjectType.DIR_META, None)
@@ -460,7 +466,7 @@ class _Puller:
 
         True also when the destination turns out to have the object already.
         """
-        src_path = self.src.object_path(checksum, otype)
+        src_path = self.src.object_path_str(checksum, otype)
         if not self._claim(checksum, otype):
             return True
         dst = self.txn._stage_path(checksum, otype)
@@ -489,7 +495,8 @@ class _Puller:
         self.txn._done_writing(checksum, otype, size)
         return True
 
-    def _copy_file(self, src_path: Path, dst: Path, checksum: str, otype: ObjectType) -> bool:
+    def _copy_file(self, src_path: str | Path, dst: str | Path, checksum: str,
+                   otype: ObjectType) -> bool:
         """Copy an object file with its owner, mode, xattrs and times, as ostree does."""
         try:
             st = os.lstat(src_path)

@@ -73,6 +73,8 @@ class Transaction:
         try:
             self._cleanup_stale_staging()
             self.staging = self._make_staging()
+            self._staging_s = str(self.staging) + "/"
+            self._objlen = len(f"{self.repo.path}/objects/")
         except BaseException:
             self._lock_cm.__exit__(None, None, None)
             raise
@@ -115,12 +117,13 @@ class Transaction:
             finally:
                 os.close(fd)
 
-    def _stage_path(self, checksum: str, otype: ObjectType) -> Path:
+    def _stage_path(self, checksum: str, otype: ObjectType) -> str:
+        """Where a new object is staged: the same relative name as under objects/."""
         sub = checksum[:2]
         if sub not in self._made_dirs:
-            (self.staging / sub).mkdir(exist_ok=True)
+            os.makedirs(f"{self._staging_s}/{sub}", exist_ok=True)
             self._made_dirs.add(sub)
-        return self.staging / sub / self.repo.object_path(checksum, otype).name
+        return self._staging_s + self.repo.object_path_str(checksum, otype)[self._objlen:]
 
     def _claim(self, checksum: str, otype: ObjectType) -> bool:
         """Reserve a new object's staging name for this thread.
@@ -163,7 +166,7 @@ class Transaction:
         self._done_writing(checksum, otype, len(data))
         return checksum
 
-    def _write_new(self, path: Path, data: bytes, mode: int) -> None:
+    def _write_new(self, path: str | Path, data: bytes, mode: int) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             _fs.write_all(fd, data)
@@ -290,7 +293,7 @@ class Transaction:
         self._done_writing(checksum, ObjectType.FILE, total)
         return checksum
 
-    def _open_content_tmp(self, tmp: Path) -> int:
+    def _open_content_tmp(self, tmp: str | Path) -> int:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
     def _finish_content_fd(self, fd: int, header: FileHeader) -> None:
@@ -324,7 +327,7 @@ class Transaction:
         if self._done:
             raise StoreError("transaction already finished")
         try:
-            objdir = self.repo.path / "objects"
+            objdir = f"{self.repo.path}/objects"
             if self.fsync and self._staged:
                 fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
                 try:
@@ -338,14 +341,15 @@ class Transaction:
             for checksum, otype in sorted(self._staged, key=lambda k: k[1] is ObjectType.COMMIT):
                 sub = checksum[:2]
                 if sub not in touched:
-                    (objdir / sub).mkdir(mode=0o755, exist_ok=True)
+                    os.makedirs(f"{objdir}/{sub}", mode=0o755, exist_ok=True)
                     touched.add(sub)
                 src = self._stage_path(checksum, otype)
+                dest = self.repo.object_path_str(checksum, otype)
                 st = os.lstat(src)
                 written.append((checksum, otype, st.st_size))
                 if otype is ObjectType.FILE:
                     self.inodes.append((st.st_dev, st.st_ino, checksum))
-                os.rename(src, objdir / sub / src.name)
+                os.rename(src, dest)
             if self.fsync and touched:
                 fd = os.open(objdir, os.O_RDONLY | os.O_DIRECTORY)
                 try:

@@ -228,3 +228,16 @@ def test_commit_of_hardlinked_checkout_reuses_objects(tmp_path: Path, ostree: To
     assert table["Content Written"] == "0"
     assert int(table["Content Cache Hits"]) >= linked
     assert table["Commit"] == want
+
+
+def test_threaded_checkout_gives_the_same_tree(repos: Callable[[str], Path],
+                                               tmp_path: Path) -> None:
+    from ostreefs.boot.checkout import CheckoutOptions, checkout
+    from ostreefs.store.refs import rev_parse
+    from ostreefs.store.repo import Repo
+
+    repo = Repo.open(repos("bare-user"))
+    c = rev_parse(repo, "a")
+    for threads, name in ((1, "one"), (4, "four")):
+        checkout(repo, c, tmp_path / name, CheckoutOptions(user_mode=True), threads=threads)
+    assert_same_tree(tmp_path / "one", tmp_path / "four")

@@ -1,0 +1,79 @@
+"""``ostreefs mount [--repo=R] REV[:SUBPATH] MOUNTPOINT [-f] [-o OPTS]``: a commit as a
+read-only FUSE file system (see ostreefs.mount)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+
+from ostreefs.cli.main import Handler, open_repo
+from ostreefs.errors import UsageError
+
+
+def setup(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("rev", metavar="REV[:SUBPATH]",
+                   help="a ref, checksum or prefix, optionally ':/path' inside the commit")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground (log to stderr) until unmounted")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="comma-separated: allow_other, uid=N, gid=N (owner shown for "
+                        "everything), log=FILE (the daemon's log)")
+    return run
+
+
+def split_rev(text: str) -> tuple[str, str]:
+    """``REV:/SUB`` -> (REV, /SUB); a colon not followed by '/' belongs to REV."""
+    i = text.rfind(":/")
+    if i <= 0:
+        return text, "/"
+    return text[:i], text[i + 1:]
+
+
+@dataclass
+class Options:
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    log: str | None = None
+
+
+def parse_options(values: list[str]) -> Options:
+    """The ``-o`` values (each comma-separated), as ``mount -o`` takes them."""
+    out = Options()
+    for value in values:
+        for item in filter(None, value.split(",")):
+            key, eq, val = item.partition("=")
+            if key == "allow_other" and not eq:
+                out.allow_other = True
+            elif key == "uid" and eq and val.isdigit():
+                out.uid = int(val)
+            elif key == "gid" and eq and val.isdigit():
+                out.gid = int(val)
+            elif key == "log" and eq and val:
+                out.log = os.path.abspath(val)
+            elif key == "ro" and not eq:
+                continue
+            else:
+                raise UsageError(f"Unknown or malformed mount option '{item}'",
+                                 hint="use allow_other, uid=N, gid=N, log=FILE")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ostreefs.mount.fuse import MountOptions, mount
+    from ostreefs.mount.vfs import CommitVFS
+    from ostreefs.store.refs import rev_parse
+
+    o = parse_options(args.options)
+    repo = open_repo(args)
+    rev, subpath = split_rev(args.rev)
+    vfs = CommitVFS(repo, rev_parse(repo, rev), subpath, uid=o.uid, gid=o.gid)
+    logging.basicConfig(level=logging.INFO,
+                        format="ostreefs mount: %(levelname)s: %(message)s")
+    mount(vfs, args.mountpoint, MountOptions(
+        foreground=args.foreground, allow_other=o.allow_other, uid=o.uid, gid=o.gid,
+        subpath=subpath, log_path=o.log))
+    return 0

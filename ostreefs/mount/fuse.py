@@ -1,0 +1,389 @@
+"""The FUSE protocol adapter: pyfuse3 on trio around :class:`~ostreefs.mount.vfs.CommitVFS`.
+
+What a commit looks like as a file system is defined in ``vfs.py``; this module only
+translates requests, maps errors to errno values and runs the daemon. It is the only
+module that imports pyfuse3 and trio.
+
+* Handlers never ``await``: each calls the synchronous VFS directly (reads are a
+  ``pread`` on an open object file, never a thread hop).
+* Read-only: the mount has the ``ro`` option, and every write handler answers EROFS.
+* The kernel caches everything for a day (entry and attribute timeouts) and keeps file
+  pages across opens (``keep_cache``): a commit never changes.
+* ``mount()`` daemonizes by default (fork; the parent returns once the kernel mount is
+  in place, or raises the child's error); SIGINT, SIGTERM and SIGHUP unmount cleanly.
+  A stale mount point (a daemon that died: ENOTCONN) is lazily unmounted first.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from ostreefs.errors import OstreefsError
+from ostreefs.mount.vfs import (
+    DIR_SIZE,
+    Attrs,
+    BadHandle,
+    CommitVFS,
+    IsADir,
+    MountError,
+    NoSuchEntry,
+    NoSuchXattr,
+    NotADir,
+    NotASymlink,
+)
+
+log = logging.getLogger("ostreefs.mount")
+
+#: Seconds the kernel may cache entries and attributes: nothing in a commit changes.
+TIMEOUT = 86400.0
+FUSERMOUNT = "fusermount3"
+
+_ERRNO: tuple[tuple[type[OstreefsError], int], ...] = (
+    (NoSuchEntry, errno.ENOENT),
+    (NotADir, errno.ENOTDIR),
+    (NotASymlink, errno.EINVAL),
+    (IsADir, errno.EISDIR),
+    (NoSuchXattr, pyfuse3.ENOATTR),
+    (BadHandle, errno.EBADF),
+)
+
+
+@dataclass
+class MountOptions:
+    """How to mount (the ``-o`` options and ``-f``)."""
+
+    foreground: bool = False
+    allow_other: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    subpath: str = "/"
+    #: Where a daemon's stderr (and so its log) goes; /dev/null when None.
+    log_path: str | None = None
+
+
+def _entry(a: Attrs) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = a.ino
+    e.generation = 0
+    e.entry_timeout = TIMEOUT
+    e.attr_timeout = TIMEOUT
+    e.st_mode = a.mode
+    e.st_nlink = a.nlink
+    e.st_uid = a.uid
+    e.st_gid = a.gid
+    e.st_rdev = 0
+    e.st_size = a.size
+    e.st_blksize = 4096
+    e.st_blocks = (a.size + 511) // 512
+    e.st_atime_ns = e.st_ctime_ns = e.st_mtime_ns = a.mtime_ns
+    return e
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class _Ops(pyfuse3.Operations):
+    """pyfuse3's handlers over a CommitVFS."""
+
+    def __init__(self, vfs: CommitVFS) -> None:
+        super().__init__()
+        self.vfs = vfs
+
+    @contextmanager
+    def _errno(self) -> Iterator[None]:
+        try:
+            yield
+        except OstreefsError as e:
+            for cls, code in _ERRNO:
+                if isinstance(e, cls):
+                    raise pyfuse3.FUSEError(code) from None
+            self.vfs.report(e)  # a missing or corrupt object: one log line, EIO
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as e:
+            self.vfs.report(e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    # ------------------------------------------------------------------- reading
+
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with self._errno():
+            return _entry(self.vfs.lookup(parent_inode, _name(name)))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.vfs.forget(ino, n)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext
+                      ) -> pyfuse3.EntryAttributes:
+        with self._errno():
+            return _entry(self.vfs.attrs(inode))
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        with self._errno():
+            return self.vfs.readlink(inode).encode("utf-8", "surrogateescape")
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        with self._errno():
+            if not self.vfs.attrs(inode).mode & 0o040000:
+                raise NotADir(inode)
+            return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        with self._errno():
+            for next_id, name, attrs in self.vfs.entries(fh, start_id):
+                if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
+                                             _entry(attrs), next_id):
+                    return
+                self.vfs.ref(attrs.ino)
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+                   ) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        with self._errno():
+            return pyfuse3.FileInfo(fh=self.vfs.open(inode), keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        with self._errno():
+            return self.vfs.read(fh, off, size)
+
+    async def release(self, fh: int) -> None:
+        self.vfs.release(fh)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        with self._errno():
+            return self.vfs.getxattr(inode, name)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        with self._errno():
+            return self.vfs.listxattr(inode)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = DIR_SIZE
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = self.vfs.live_inodes
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    # ------------------------------------------------------- writing: never
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, parent_inode: int, name: bytes,
+                    ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, inode: int, name: bytes,
+                          ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+
+# ------------------------------------------------------------------ mount points
+
+
+def is_ostreefs_mount(mountpoint: str) -> bool:
+    """Whether an ostreefs FUSE file system is mounted at ``mountpoint``."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _sep, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target and \
+                        right.split(" ", 1)[0] == "fuse.ostreefs":
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
+        .replace("\\134", "\\")
+
+
+def clear_stale(mountpoint: str) -> bool:
+    """Lazily unmount a FUSE mount whose daemon died; True if there was one."""
+    try:
+        # statfs always reaches the daemon; a stat may be served from the kernel's cache.
+        os.stat(mountpoint)
+        os.statvfs(mountpoint)
+        return False
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return False
+    log.warning("clearing stale mount at %s (its daemon is gone)", mountpoint)
+    subprocess.run([FUSERMOUNT, "-uz", mountpoint], capture_output=True, check=False)
+    return True
+
+
+def umount(mountpoint: str) -> None:
+    """Unmount (``fusermount3 -u``); a stale mount is unmounted lazily."""
+    mp = os.path.abspath(mountpoint)
+    if clear_stale(mp):
+        return
+    proc = subprocess.run([FUSERMOUNT, "-u", mp], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        msg = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+        raise MountError(f"Cannot unmount {mp}: {msg}")
+
+
+# ------------------------------------------------------------------------- serve
+
+
+def mount(vfs: CommitVFS, mountpoint: str, options: MountOptions | None = None) -> None:
+    """Mount ``vfs`` at ``mountpoint``; see the module docstring.
+
+    In the foreground this returns when the file system is unmounted; otherwise as soon
+    as the daemon's mount is in place.
+    """
+    opts = options or MountOptions()
+    mp = os.path.abspath(mountpoint)
+    clear_stale(mp)
+    if is_ostreefs_mount(mp):
+        raise MountError(f"{mp} is already an ostreefs mount",
+                         hint=f"unmount it first: ostreefs umount {mp}")
+    if not os.path.isdir(mp):
+        raise MountError(f"Mount point {mp} is not a directory")
+    fuse_opts = {"ro", "default_permissions", "subtype=ostreefs",
+                 f"fsname=ostreefs:{os.path.abspath(vfs.repo.path)}".replace(",", "_")}
+    if opts.allow_other:
+        fuse_opts.add("allow_other")
+    if opts.foreground:
+        _serve(vfs, mp, fuse_opts, None)
+        return
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(r)
+        code = 1
+        try:
+            os.setsid()
+            _detach_stdio(opts.log_path)
+            _serve(vfs, mp, fuse_opts, w)
+            code = 0
+        except BaseException as e:  # noqa: B036 - reported to the parent, then exit
+            try:
+                os.write(w, f"{e}".encode() or b"mount failed")
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 4096):
+        chunks.append(chunk)
+    os.close(r)
+    msg = b"".join(chunks)
+    if msg != b"ok":
+        os.waitpid(pid, 0)
+        raise MountError(f"Cannot mount at {mp}: "
+                         f"{msg.decode('utf-8', 'replace') or 'the daemon died'}")
+
+
+def _detach_stdio(log_path: str | None) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    else:
+        os.dup2(null, 2)
+    os.close(null)
+
+
+def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -> None:
+    ops = _Ops(vfs)
+    try:
+        pyfuse3.init(ops, mp, fuse_opts)
+    except RuntimeError as e:
+        raise MountError(f"Cannot mount at {mp}: {e}") from None
+    log.info("mounted commit %s at %s", vfs.commit, mp)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+    state = {"signalled": False}
+    try:
+        trio.run(_main, state)
+    finally:
+        # After a signal we unmount; after an external unmount there is nothing to undo.
+        pyfuse3.close(unmount=state["signalled"])
+        vfs.close()
+        log.info("unmounted %s", mp)
+
+
+async def _main(state: dict[str, bool]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _sig in sigs:
+                    state["signalled"] = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()

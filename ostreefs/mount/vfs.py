@@ -1,0 +1,630 @@
+"""What a commit looks like as a file system, without FUSE.
+
+:class:`CommitVFS` answers the questions a kernel asks a FUSE driver (lookup, attributes,
+directory entries, symlink targets, xattrs, reads) synchronously; ``fuse.py`` is only a
+protocol adapter around it. Everything is read from the repository on demand:
+
+* **Inodes are lazy.** The root is inode 1; a directory or file gets an inode when it is
+  looked up or listed and loses it when the kernel forgets it, so memory follows what
+  the kernel holds, not the size of the commit. Parsed dirtrees and file headers live in
+  small LRU caches.
+* **Hardlinks as a hardlink checkout shows them.** Files that ``ostree checkout`` would
+  hardlink to one object (non-empty regular files; symlinks too in bare mode) share an
+  inode number derived from the content checksum, and ``st_nlink`` is the number of
+  times the object occurs in the mounted tree plus one: the repository's own link, which
+  a fresh hardlink checkout also counts (``ostree checkout -U`` of bare-user or archive,
+  plain ``ostree checkout`` of bare as root). Empty files and symlinks that ostree
+  copies each get their own inode with ``st_nlink`` 1. The counts come from one pass
+  over the mounted tree's dirtrees (not its file objects), done on first need; only
+  counts above one are kept. A directory's ``st_nlink`` is 2 plus its subdirectories.
+* **Times** are 0 (the epoch), as a hardlink checkout shows files and any checkout shows
+  directories. Directories have ``st_size`` 4096 and symlinks the length of their target.
+* **Reads** ``pread`` the object file in bare modes. In archive mode a ``.filez`` is
+  inflated forward; the decompressor of the last few files read is kept with its
+  position and with checkpoints (copies of the inflate state) every few MiB, so a
+  sequential read never restarts at byte 0 and a backward seek restarts at the nearest
+  checkpoint.
+
+A missing or corrupt object is an :class:`~ostreefs.errors.StoreError` (the adapter's
+EIO) for that file only: its directory still lists, with placeholder attributes
+(``0444``, size 0), and open, read, readlink and getxattr fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ostreefs.errors import CorruptObject, OstreefsError, StoreError
+from ostreefs.store import tree as treemod
+from ostreefs.store.config import RepoMode
+from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs
+from ostreefs.store.repo import Repo
+
+log = logging.getLogger("ostreefs.mount")
+
+ROOT_INO = 1
+#: Inode numbers of hardlinked (shared) files have this bit set; the others count up.
+SHARED_INO_BIT = 1 << 62
+DIR_SIZE = 4096
+DIRTREE_CACHE = 512
+HEADER_CACHE = 8192
+ZSTREAM_CACHE = 8
+ZOUT_CHUNK = 256 * 1024
+ZIN_CHUNK = 64 * 1024
+ZCHECKPOINT_MIN = 8 << 20
+
+
+class MountError(OstreefsError):
+    """{0}"""
+
+
+class NoSuchEntry(MountError):
+    """No such file or directory: {0}"""
+
+
+class NotADir(MountError):
+    """Not a directory: inode {0}"""
+
+
+class NotASymlink(MountError):
+    """Not a symbolic link: inode {0}"""
+
+
+class IsADir(MountError):
+    """Is a directory: inode {0}"""
+
+
+class NoSuchXattr(MountError):
+    """No extended attribute {0!r}"""
+
+
+class BadHandle(MountError):
+    """Unknown handle {0}"""
+
+
+@dataclass(frozen=True, slots=True)
+class Attrs:
+    """What ``stat`` shows of one entry."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int = 0
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _LRU(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        v = self._d.get(key)
+        if v is not None:
+            self._d.move_to_end(key)
+        return v
+
+    def put(self, key: K, value: V) -> V | None:
+        """Store; return the entry evicted to make room, if any."""
+        self._d[key] = value
+        self._d.move_to_end(key)
+        if len(self._d) > self.size:
+            return self._d.popitem(last=False)[1]
+        return None
+
+    def pop(self, key: K) -> V | None:
+        return self._d.pop(key, None)
+
+    def values(self) -> list[V]:
+        return list(self._d.values())
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+class _Dir:
+    """A parsed dirtree: entries in dirtree order (files, then directories) by name."""
+
+    __slots__ = ("entries", "index", "ndirs")
+
+    def __init__(self, t: DirTree) -> None:
+        #: (name, is_dir, checksum, dirmeta checksum or "")
+        self.entries: list[tuple[str, bool, str, str]] = (
+            [(n, False, c, "") for n, c in t.files] + [(n, True, c, m) for n, c, m in t.dirs])
+        self.index = {e[0]: i for i, e in enumerate(self.entries)}
+        self.ndirs = len(t.dirs)
+
+
+class _Node:
+    """A live inode: a directory (tree + meta) or a file (content checksum)."""
+
+    __slots__ = ("ino", "is_dir", "checksum", "meta", "nlookup", "key")
+
+    def __init__(self, ino: int, is_dir: bool, checksum: str, meta: str,
+                 key: tuple[int, str] | None) -> None:
+        self.ino = ino
+        self.is_dir = is_dir
+        self.checksum = checksum
+        self.meta = meta
+        self.nlookup = 0
+        self.key = key  # (parent ino, name) for per-path inodes, None for shared ones
+
+
+class _Header:
+    """A file's header and size, or the error loading it raised."""
+
+    __slots__ = ("header", "size", "error")
+
+    def __init__(self, header: FileHeader | None, size: int,
+                 error: StoreError | None = None) -> None:
+        self.header = header
+        self.size = size
+        self.error = error
+
+
+class CommitVFS:
+    """A read-only view of one commit (or a subdirectory of it); see the module doc.
+
+    Args:
+        repo: the open repository.
+        commit: a commit checksum.
+        subpath: the directory of the commit to show as the root.
+        uid: if set, shown as the owner of everything (``-o uid=``).
+        gid: if set, shown as the group of everything (``-o gid=``).
+    """
+
+    def __init__(self, repo: Repo, commit: str, subpath: str = "/", *,
+                 uid: int | None = None, gid: int | None = None) -> None:
+        self.repo = repo
+        self.commit = commit
+        self._uid = uid
+        self._gid = gid
+        root = treemod.lookup(repo, commit, subpath)
+        if not root.is_dir:
+            raise treemod.NotADirectory(subpath)
+        self._nodes: dict[int, _Node] = {}
+        self._by_path: dict[tuple[int, str], int] = {}
+        self._next_ino = ROOT_INO + 1
+        node = _Node(ROOT_INO, True, root.checksum, root.meta_checksum, None)
+        node.nlookup = 1  # the kernel never forgets the root
+        self._nodes[ROOT_INO] = node
+        self._dirs: _LRU[str, _Dir] = _LRU(DIRTREE_CACHE)
+        self._headers: _LRU[str, _Header] = _LRU(HEADER_CACHE)
+        self._dirmeta: _LRU[str, tuple[int, int, int, Xattrs]] = _LRU(DIRTREE_CACHE)
+        self._counts: dict[int, int] | None = None
+        self._handles: dict[int, _Open] = {}
+        self._next_fh = 1
+        self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
+        self._reported: set[str] = set()
+
+    # ------------------------------------------------------------------ objects
+
+    def _dir(self, tree: str) -> _Dir:
+        d = self._dirs.get(tree)
+        if d is None:
+            d = _Dir(self.repo.load_dirtree(tree))
+            self._dirs.put(tree, d)
+        return d
+
+    def _meta(self, meta: str) -> tuple[int, int, int, Xattrs]:
+        m = self._dirmeta.get(meta)
+        if m is None:
+            dm = self.repo.load_dirmeta(meta)
+            m = (dm.uid, dm.gid, dm.mode, dm.xattrs)
+            self._dirmeta.put(meta, m)
+        return m
+
+    def _header(self, checksum: str) -> _Header:
+        h = self._headers.get(checksum)
+        if h is None:
+            try:
+                header, size = self.repo.load_file_header(checksum)
+                h = _Header(header, 0 if header.is_symlink else size)
+            except StoreError as e:
+                self._report(checksum, e)
+                h = _Header(None, 0, e)
+            self._headers.put(checksum, h)
+        return h
+
+    def _report(self, checksum: str, e: Exception) -> None:
+        self.report(e)
+
+    def report(self, e: Exception) -> None:
+        """Log a failure once (a damaged object is named once, not on every read)."""
+        msg = str(e)
+        if msg not in self._reported:
+            if len(self._reported) > 10000:
+                self._reported.clear()
+            self._reported.add(msg)
+            log.error("%s", msg)
+
+    def _linkable(self, h: _Header) -> bool:
+        """Whether ostree's checkout would hardlink this object (see the module doc)."""
+        if h.header is None:
+            return False
+        if h.header.is_symlink:
+            return self.repo.mode is RepoMode.BARE
+        return h.size > 0
+
+    def _link_count(self, checksum: str) -> int:
+        if self._counts is None:
+            self._counts = self._count_objects()
+        return self._counts.get(int(checksum[:16], 16), 1)
+
+    def _count_objects(self) -> dict[int, int]:
+        """How often each content object occurs in the mounted tree (only counts > 1)."""
+        seen: dict[int, int] = {}
+        stack = [self._nodes[ROOT_INO].checksum]
+        while stack:
+            tree = stack.pop()
+            try:
+                t = self.repo.load_dirtree(tree)
+            except StoreError as e:
+                self._report(tree, e)
+                continue
+            for _n, c in t.files:
+                k = int(c[:16], 16)
+                seen[k] = seen.get(k, 0) + 1
+            stack.extend(c for _n, c, _m in t.dirs)
+        return {k: v for k, v in seen.items() if v > 1}
+
+    # ------------------------------------------------------------------- inodes
+
+    def _node(self, ino: int) -> _Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise NoSuchEntry(f"inode {ino}")
+        return node
+
+    def _child(self, parent: int, name: str, is_dir: bool, checksum: str,
+               meta: str) -> _Node:
+        """The node of one entry of a directory, made if the kernel does not hold it."""
+        if not is_dir and self._linkable(self._header(checksum)):
+            ino = SHARED_INO_BIT | int(checksum[:15], 16)
+            node = self._nodes.get(ino)
+            if node is None:
+                node = self._nodes[ino] = _Node(ino, False, checksum, "", None)
+            return node
+        key = (parent, name)
+        ino = self._by_path.get(key, 0)
+        if ino:
+            return self._nodes[ino]
+        ino = self._next_ino
+        self._next_ino += 1
+        node = self._nodes[ino] = _Node(ino, is_dir, checksum, meta, key)
+        self._by_path[key] = ino
+        return node
+
+    def ref(self, ino: int) -> None:
+        """Count one more kernel reference (each lookup reply and readdirplus entry)."""
+        self._node(ino).nlookup += 1
+
+    def forget(self, ino: int, n: int) -> None:
+        """Drop ``n`` kernel references; the inode goes when none remain."""
+        node = self._nodes.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.nlookup -= n
+        if node.nlookup <= 0:
+            del self._nodes[ino]
+            if node.key is not None:
+                self._by_path.pop(node.key, None)
+
+    @property
+    def live_inodes(self) -> int:
+        return len(self._nodes)
+
+    # ------------------------------------------------------------------ queries
+
+    def attrs(self, ino: int) -> Attrs:
+        return self._attrs(self._node(ino))
+
+    def _attrs(self, node: _Node) -> Attrs:
+        if node.is_dir:
+            uid, gid, mode, _x = self._meta(node.meta)
+            nlink = 2 + self._dir(node.checksum).ndirs
+            return Attrs(node.ino, mode, nlink, self._uid if self._uid is not None else uid,
+                         self._gid if self._gid is not None else gid, DIR_SIZE)
+        h = self._header(node.checksum)
+        if h.header is None:
+            return Attrs(node.ino, stat.S_IFREG | 0o444, 1, self._uid or 0, self._gid or 0, 0)
+        hd = h.header
+        if hd.is_symlink:
+            size = len(hd.symlink_target.encode("utf-8", "surrogateescape"))
+        else:
+            size = h.size
+        nlink = self._link_count(node.checksum) + 1 if node.key is None else 1
+        return Attrs(node.ino, hd.mode, nlink,
+                     self._uid if self._uid is not None else hd.uid,
+                     self._gid if self._gid is not None else hd.gid, size)
+
+    def lookup(self, parent: int, name: str) -> Attrs:
+        """The entry ``name`` of directory ``parent``; counts a kernel reference."""
+        pnode = self._node(parent)
+        if not pnode.is_dir:
+            raise NotADir(parent)
+        d = self._dir(pnode.checksum)
+        i = d.index.get(name)
+        if i is None:
+            raise NoSuchEntry(name)
+        n, is_dir, c, m = d.entries[i]
+        node = self._child(parent, n, is_dir, c, m)
+        a = self._attrs(node)
+        node.nlookup += 1
+        return a
+
+    def entries(self, ino: int, start: int = 0) -> Iterator[tuple[int, str, Attrs]]:
+        """A directory's entries from offset ``start``: (next offset, name, attrs).
+
+        Offsets are positions in the dirtree, which never changes, so they stay valid
+        across calls. No reference is counted: call :meth:`ref` for each entry the
+        kernel accepted.
+        """
+        node = self._node(ino)
+        if not node.is_dir:
+            raise NotADir(ino)
+        d = self._dir(node.checksum)
+        for i in range(start, len(d.entries)):
+            n, is_dir, c, m = d.entries[i]
+            child = self._child(ino, n, is_dir, c, m)
+            yield i + 1, n, self._attrs(child)
+
+    def readlink(self, ino: int) -> str:
+        node = self._node(ino)
+        if node.is_dir:
+            raise NotASymlink(ino)
+        h = self._header(node.checksum)
+        if h.error is not None:
+            raise h.error
+        assert h.header is not None
+        if not h.header.is_symlink:
+            raise NotASymlink(ino)
+        return h.header.symlink_target
+
+    def xattrs(self, ino: int) -> Xattrs:
+        node = self._node(ino)
+        if node.is_dir:
+            return self._meta(node.meta)[3]
+        h = self._header(node.checksum)
+        if h.error is not None:
+            raise h.error
+        assert h.header is not None
+        return h.header.xattrs
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        for n, v in self.xattrs(ino):
+            if n == name:
+                return v
+        raise NoSuchXattr(name.decode("utf-8", "replace"))
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return [n for n, _v in self.xattrs(ino)]
+
+    # -------------------------------------------------------------------- reads
+
+    def open(self, ino: int) -> int:
+        """Open a regular file for reading; returns a handle for :meth:`read`."""
+        node = self._node(ino)
+        if node.is_dir:
+            raise IsADir(ino)
+        h = self._header(node.checksum)
+        if h.error is not None:
+            raise h.error
+        assert h.header is not None
+        if h.header.is_symlink:
+            raise NoSuchEntry(f"inode {ino} is a symlink")
+        path = self.repo.object_path_str(node.checksum, ObjectType.FILE)
+        if self.repo.mode.is_archive:
+            handle = _Open(node.checksum, -1, h.size)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as e:
+                err = StoreError(f"Cannot open object {node.checksum}: {e.strerror}")
+                self._report(node.checksum, err)
+                raise err from None
+            handle = _Open(node.checksum, fd, h.size)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise BadHandle(fh)
+        if offset >= handle.size or size <= 0:
+            return b""
+        size = min(size, handle.size - offset)
+        if handle.fd >= 0:
+            try:
+                return os.pread(handle.fd, size, offset)
+            except OSError as e:
+                err = StoreError(f"Cannot read object {handle.checksum}: {e.strerror}")
+                self._report(handle.checksum, err)
+                raise err from None
+        z = self._zstreams.get(handle.checksum)
+        if z is None:
+            z = _ZStream(self.repo.object_path_str(handle.checksum, ObjectType.FILE),
+                         handle.checksum, handle.size)
+            evicted = self._zstreams.put(handle.checksum, z)
+            if evicted is not None:
+                evicted.close()
+        try:
+            return z.read(offset, size)
+        except StoreError as e:
+            self._report(handle.checksum, e)
+            self._zstreams.pop(handle.checksum)
+            z.close()
+            raise
+
+    def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.fd >= 0:
+            os.close(handle.fd)
+
+    def close(self) -> None:
+        """Close every open object file (at unmount)."""
+        for fh in list(self._handles):
+            self.release(fh)
+        for z in self._zstreams.values():
+            z.close()
+        self._zstreams.clear()
+
+
+class _Open:
+    __slots__ = ("checksum", "fd", "size")
+
+    def __init__(self, checksum: str, fd: int, size: int) -> None:
+        self.checksum = checksum
+        self.fd = fd
+        self.size = size
+
+
+class _ZStream:
+    """Random access into one ``.filez`` payload (raw deflate after the header).
+
+    Keeps the inflate state at its current position, the last chunk produced (reads
+    that step back a little, as readahead does, are served from it) and checkpoints
+    (copies of the inflate state) every ``interval`` bytes of output.
+    """
+
+    def __init__(self, path: str, checksum: str, size: int) -> None:
+        self.path = path
+        self.checksum = checksum
+        self.size = size
+        self.interval = max(ZCHECKPOINT_MIN, size // 32)
+        self._fd = -1
+        self._start = -1  # file offset of the compressed payload
+        #: (output offset, file offset, inflate state, unconsumed input)
+        self._checkpoints: list[tuple[int, int, zlib._Decompress, bytes]] = []
+        self._d: zlib._Decompress | None = None
+        self._fpos = 0
+        self._tail = b""
+        self._upos = 0
+        self._buf = b""
+        self._buf_start = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _corrupt(self, why: str) -> CorruptObject:
+        return CorruptObject(self.checksum, "file", why)
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self._corrupt("object file is missing") from None
+        except OSError as e:
+            raise StoreError(f"Cannot open object {self.checksum}: {e.strerror}") from None
+        head = os.pread(self._fd, 8, 0)
+        if len(head) < 8:
+            raise self._corrupt("truncated archive header")
+        self._start = 8 + int.from_bytes(head[:4], "big")
+        self._rewind()
+
+    def _rewind(self) -> None:
+        self._d = zlib.decompressobj(-15)
+        self._fpos = self._start
+        self._tail = b""
+        self._upos = 0
+        self._buf = b""
+        self._buf_start = 0
+
+    def _restore(self, target: int, forward_only: bool = False) -> None:
+        """Go to the last checkpoint at or before ``target`` (or the start).
+
+        With ``forward_only``, only if that checkpoint is ahead of the current position.
+        """
+        best = None
+        for cp in self._checkpoints:
+            if cp[0] <= target:
+                best = cp
+        if forward_only and (best is None or best[0] <= self._upos):
+            return
+        if best is None:
+            self._rewind()
+            return
+        upos, fpos, state, tail = best
+        self._d = state.copy()
+        self._fpos, self._tail, self._upos = fpos, tail, upos
+        self._buf, self._buf_start = b"", upos
+
+    def _next_chunk(self) -> bytes:
+        """Inflate the next chunk of output; b"" at the end of the stream."""
+        d = self._d
+        assert d is not None
+        if (self._upos // self.interval > len(self._checkpoints)
+                and self._upos < self.size):
+            self._checkpoints.append((self._upos, self._fpos, d.copy(), self._tail))
+        while True:
+            inp = self._tail
+            if not inp:
+                if d.eof:
+                    return b""
+                try:
+                    inp = os.pread(self._fd, ZIN_CHUNK, self._fpos)
+                except OSError as e:
+                    raise StoreError(f"Cannot read object {self.checksum}: "
+                                     f"{e.strerror}") from None
+                self._fpos += len(inp)
+                if not inp:
+                    return b""
+            try:
+                out = d.decompress(inp, ZOUT_CHUNK)
+            except zlib.error as e:
+                raise self._corrupt(f"bad compressed data: {e}") from None
+            self._tail = d.unconsumed_tail
+            if out:
+                return out
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if self._fd < 0:
+            self._open()
+        if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
+            return self._buf[offset - self._buf_start:end - self._buf_start]
+        if offset < self._buf_start:
+            self._restore(offset)
+        elif offset > self._upos + self.interval:
+            self._restore(offset, forward_only=True)
+        # Keep what is already produced from ``offset`` on, then inflate up to ``end``.
+        parts: list[bytes] = []
+        if self._buf_start <= offset < self._buf_start + len(self._buf):
+            parts.append(self._buf[offset - self._buf_start:])
+            first = offset
+        else:
+            first = -1
+        while self._upos < end:
+            chunk = self._next_chunk()
+            if not chunk:
+                raise self._corrupt(f"stream ends at {self._upos} of {self.size} bytes")
+            cstart = self._upos
+            self._upos += len(chunk)
+            if self._upos > self.size:
+                raise self._corrupt("stream is longer than the header says")
+            self._buf, self._buf_start = chunk, cstart
+            if self._upos > offset:
+                if first < 0:
+                    first = offset
+                    parts.append(chunk[offset - cstart:])
+                else:
+                    parts.append(chunk)
+        data = b"".join(parts)
+        return data[:end - first]

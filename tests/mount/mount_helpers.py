@@ -1,0 +1,101 @@
+"""Helpers for the mount tests: describing a VFS or a directory tree the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from ostreefs.mount.vfs import ROOT_INO, CommitVFS
+
+
+def vfs_read_all(vfs: CommitVFS, ino: int, chunk: int = 128 * 1024) -> bytes:
+    fh = vfs.open(ino)
+    try:
+        out = []
+        off = 0
+        while True:
+            b = vfs.read(fh, off, chunk)
+            if not b:
+                return b"".join(out)
+            out.append(b)
+            off += len(b)
+    finally:
+        vfs.release(fh)
+
+
+def vfs_snapshot(vfs: CommitVFS) -> dict[str, dict[str, Any]]:
+    """What treegen.snapshot gives for a checkout, computed through the VFS."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def record(ino: int, rel: str) -> None:
+        a = vfs.attrs(ino)
+        e: dict[str, Any] = {"mode": oct(stat.S_IMODE(a.mode)), "uid": a.uid, "gid": a.gid}
+        if stat.S_ISDIR(a.mode):
+            e["type"] = "dir"
+        elif stat.S_ISLNK(a.mode):
+            e["type"] = "symlink"
+            e["target"] = vfs.readlink(ino)
+            del e["mode"]
+        else:
+            e["type"] = "file"
+            e["size"] = a.size
+            e["sha256"] = hashlib.sha256(vfs_read_all(vfs, ino)).hexdigest()
+        if not stat.S_ISLNK(a.mode):
+            e["xattrs"] = sorted((n.decode("utf-8", "surrogateescape"), v)
+                                 for n, v in vfs.xattrs(ino)
+                                 if n.startswith(b"user."))
+        out[rel] = e
+
+    def walk(ino: int, rel: str) -> None:
+        for _off, name, a in list(vfs.entries(ino)):
+            vfs.ref(a.ino)
+            child = name if rel == "." else f"{rel}/{name}"
+            record(a.ino, child)
+            if stat.S_ISDIR(a.mode):
+                walk(a.ino, child)
+
+    record(ROOT_INO, ".")
+    walk(ROOT_INO, ".")
+    return out
+
+
+def find_lines(root: Path, fmt: str) -> list[str]:
+    """``find ROOT -printf FMT`` with ROOT replaced by '.', sorted."""
+    import subprocess
+
+    out = subprocess.run(["find", ".", "-printf", fmt + "\\0"], cwd=root, check=True,
+                         capture_output=True).stdout
+    return sorted(x.decode("utf-8", "surrogateescape") for x in out.split(b"\0") if x)
+
+
+def hardlink_groups(root: Path) -> set[frozenset[str]]:
+    """Sets of non-directory paths sharing an inode, ignoring singletons."""
+    by_ino: dict[tuple[int, int], set[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            by_ino.setdefault((st.st_dev, st.st_ino), set()).add(os.path.relpath(p, root))
+    return {frozenset(v) for v in by_ino.values() if len(v) > 1}
+
+
+def vfs_hardlinks(vfs: CommitVFS) -> tuple[set[frozenset[str]], dict[str, int]]:
+    """Hardlink groups and nlink of every non-directory, through the VFS."""
+    by_ino: dict[int, set[str]] = {}
+    nlink: dict[str, int] = {}
+
+    def walk(ino: int, rel: str) -> None:
+        for _off, name, a in list(vfs.entries(ino)):
+            vfs.ref(a.ino)
+            child = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(a.mode):
+                walk(a.ino, child)
+            else:
+                by_ino.setdefault(a.ino, set()).add(child)
+                nlink[child] = a.nlink
+
+    walk(ROOT_INO, "")
+    return {frozenset(v) for v in by_ino.values() if len(v) > 1}, nlink

@@ -1,0 +1,198 @@
+"""Real FUSE mounts: a mounted commit and ``ostree checkout`` of it are the same tree
+(find -printf, sha256 of every file, xattrs, hardlinks), writes fail with EROFS, a
+corrupt object fails only its own reads, tools work, and the daemon's life cycle
+(daemonize, umount, signals, stale mount points) leaves nothing wedged."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import MODES, repo_copy
+from mount_helpers import find_lines, hardlink_groups
+from support import UTF8, Tool, tool_env
+from treegen import diff_snapshots, snapshot
+
+from ostreefs.mount.fuse import is_ostreefs_mount
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+    reason="needs /dev/fuse and root")
+
+# Runs the CLI with the mount commands registered even before main.COMMANDS lists them.
+_RUNNER = """
+import sys
+from ostreefs.cli import main as m
+m.COMMANDS.setdefault("mount", ("Mount a commit read-only (FUSE)", "cmd_mount:setup"))
+m.COMMANDS.setdefault("umount", ("Unmount an ostreefs mount", "cmd_umount:setup"))
+sys.exit(m.main(sys.argv[1:]))
+"""
+CLI = [sys.executable, "-c", _RUNNER]
+FIND_FMT = "%p %y %m %U %G %s %l"
+
+
+def cli(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *map(os.fspath, args)], capture_output=True, text=True,
+                          env=tool_env(UTF8), timeout=60, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def force_unmount(mp: Path) -> None:
+    if subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True).returncode:
+        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+
+
+@contextmanager
+def mounted(repo: Path, rev: str, mp: Path, *opts: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A foreground mount in a subprocess, always unmounted afterwards."""
+    mp.mkdir(exist_ok=True)
+    log = open(mp.parent / f"{mp.name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([*CLI, "mount", f"--repo={repo}", rev, str(mp), "-f", *opts],
+                            stdout=log, stderr=log, env=tool_env(UTF8))
+    try:
+        wait_for(lambda: is_ostreefs_mount(str(mp)) or proc.poll() is not None, "the mount")
+        assert proc.poll() is None, (mp.parent / f"{mp.name}.log").read_text()
+        yield proc
+    finally:
+        force_unmount(mp)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mount_matches_checkout(mode_repo: Callable[[str], Path], ostree: Tool,
+                                tmp_path: Path, mode: str) -> None:
+    repo = repo_copy(mode_repo(mode), tmp_path / "repo")
+    co, hco, mp = tmp_path / "co", tmp_path / "hco", tmp_path / "mnt"
+    ostree("checkout", f"--repo={repo}", "m", str(co), env=UTF8)
+    with mounted(repo, "m", mp):
+        assert find_lines(mp, FIND_FMT) == find_lines(co, FIND_FMT)
+        got, want = snapshot(mp), snapshot(co)  # sha256 of every file, user xattrs
+        assert got == want, diff_snapshots(got, want)
+        # Link counts and groups as a hardlink checkout shows them (made after the
+        # mount's counts: the archive cache it fills adds no link to the mount).
+        ostree("checkout", f"--repo={repo}", "-U", "m", str(hco), env=UTF8)
+        assert find_lines(mp, "%p %y %s %n %l") == find_lines(hco, "%p %y %s %n %l")
+        assert hardlink_groups(mp) == hardlink_groups(hco)
+        # Real tools.
+        subprocess.run(["diff", "-r", "--no-dereference", str(mp), str(co)], check=True,
+                       capture_output=True)
+        tar = subprocess.run(["tar", "cf", "-", "."], cwd=mp, check=True,
+                             capture_output=True).stdout
+        listed = subprocess.run(["tar", "tf", "-"], input=tar, check=True,
+                                capture_output=True).stdout.splitlines()
+        assert len(listed) == len(find_lines(co, "%p"))
+
+
+def test_writes_fail_with_erofs(mode_repo: Callable[[str], Path], tmp_path: Path) -> None:
+    mp = tmp_path / "mnt"
+    with mounted(mode_repo("bare-user"), "m", mp):
+        f = next(p for p in sorted(mp.iterdir()) if p.is_file() and not p.is_symlink())
+        attempts: list[Callable[[], object]] = [
+            lambda: open(f, "r+b"),
+            lambda: open(mp / "new", "wb"),
+            lambda: (mp / "dir").mkdir(),
+            lambda: f.unlink(),
+            lambda: os.chmod(f, 0o600),
+            lambda: os.setxattr(f, "user.x", b"1"),
+            lambda: os.rename(f, mp / "renamed"),
+            lambda: os.symlink("x", mp / "sl"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OSError) as e:
+                attempt()
+            assert e.value.errno == errno.EROFS
+
+
+def test_corrupt_object_gives_eio_and_mount_stays(mode_repo: Callable[[str], Path],
+                                                  tmp_path: Path) -> None:
+    from ostreefs.store.objects import ObjectType
+    from ostreefs.store.repo import Repo
+    from ostreefs.store.tree import children, lookup
+
+    repo = repo_copy(mode_repo("archive"), tmp_path / "repo")
+    r = Repo.open(repo)
+    from ostreefs.store.refs import rev_parse
+
+    commit = rev_parse(r, "m")
+    files = [e for e in children(r, lookup(r, commit, "/"))
+             if not e.is_dir and not e.is_symlink and e.size > 100]
+    victim, others = files[0], [e for e in files[1:] if e.checksum != files[0].checksum]
+    path = Path(r.object_path_str(victim.checksum, ObjectType.FILE))
+    raw = bytearray(path.read_bytes())
+    hlen = 8 + int.from_bytes(raw[:4], "big")
+    raw[hlen:] = b"\xff" * (len(raw) - hlen)
+    path.write_bytes(bytes(raw))
+    mp = tmp_path / "mnt"
+    with mounted(repo, "m", mp) as proc:
+        with pytest.raises(OSError) as e:
+            (mp / victim.name).read_bytes()
+        assert e.value.errno == errno.EIO
+        for o in others:
+            (mp / o.name).read_bytes()
+        assert proc.poll() is None
+        assert len(list(mp.iterdir())) > 1
+    log = (tmp_path / "mnt.log").read_text()
+    assert victim.checksum in log and "Traceback" not in log
+
+
+def test_daemon_umount_signal_and_stale(mode_repo: Callable[[str], Path],
+                                        tmp_path: Path) -> None:
+    repo = mode_repo("bare-user")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        # Daemonized: the command returns once the mount is ready.
+        cli("mount", f"--repo={repo}", "m:/level 00", mp)
+        assert is_ostreefs_mount(str(mp))
+        assert (mp / "level 01").is_dir()
+        # A second mount of the same repo elsewhere at the same time.
+        mp2 = tmp_path / "mnt2"
+        mp2.mkdir()
+        cli("mount", f"--repo={repo}", "m", mp2)
+        assert (mp2 / "level 00" / "level 01").is_dir()
+        cli("umount", mp2)
+        bad = cli("mount", f"--repo={repo}", "m", mp, check=False)
+        assert bad.returncode != 0 and "already" in bad.stderr
+        cli("umount", mp)
+        assert not is_ostreefs_mount(str(mp))
+        # SIGTERM unmounts a foreground mount cleanly.
+        with mounted(repo, "m", mp) as proc:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+            assert not is_ostreefs_mount(str(mp))
+        # A daemon killed outright leaves a stale mount; the next mount clears it.
+        with mounted(repo, "m", mp) as proc:
+            proc.kill()
+            proc.wait()
+            with pytest.raises(OSError) as e:
+                os.statvfs(mp)
+            assert e.value.errno == errno.ENOTCONN
+        cli("mount", f"--repo={repo}", "m", mp)
+        assert (mp / "level 00").is_dir()
+        cli("umount", mp)
+    finally:
+        force_unmount(mp)
+        force_unmount(tmp_path / "mnt2")

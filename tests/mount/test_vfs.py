@@ -1,0 +1,189 @@
+"""The mount's VFS without FUSE: the same tree, owners, xattrs, bytes and hardlink
+groups as ``ostree checkout`` of the same commit, lazy inodes, archive random access,
+and per-file failures for damaged objects."""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import MODES, repo_copy
+from mount_helpers import hardlink_groups, vfs_hardlinks, vfs_read_all, vfs_snapshot
+from support import TS_ARG, UTF8, Tool, init_repo
+from treegen import diff_snapshots, snapshot
+
+from ostreefs.errors import StoreError
+from ostreefs.mount.vfs import ROOT_INO, CommitVFS, NoSuchEntry, NoSuchXattr, NotADir
+from ostreefs.store.objects import ObjectType
+from ostreefs.store.refs import rev_parse
+from ostreefs.store.repo import Repo
+
+
+def open_vfs(repo: Path, rev: str = "m", **kw: object) -> CommitVFS:
+    r = Repo.open(repo)
+    return CommitVFS(r, rev_parse(r, rev), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tree_matches_checkout(mode_repo: Callable[[str], Path], ostree: Tool,
+                               tmp_path: Path, mode: str) -> None:
+    repo = mode_repo(mode)
+    ostree("checkout", f"--repo={repo}", "m", str(tmp_path / "co"), env=UTF8)
+    want = snapshot(tmp_path / "co")
+    got = vfs_snapshot(open_vfs(repo))
+    assert got == want, diff_snapshots(got, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hardlinks_match_hardlink_checkout(mode_repo: Callable[[str], Path], ostree: Tool,
+                                           tmp_path: Path, mode: str) -> None:
+    # A private copy: archive -U fills the repo's uncompressed-object cache, whose
+    # links would count in a later checkout.
+    repo = repo_copy(mode_repo(mode), tmp_path / "repo")
+    co = tmp_path / "co"
+    ostree("checkout", f"--repo={repo}", "-U", "m", str(co), env=UTF8)
+    groups, nlink = vfs_hardlinks(open_vfs(repo))
+    assert groups == hardlink_groups(co)
+    assert groups  # the generated tree has hardlinks and duplicate contents
+    want = {os.path.relpath(os.path.join(dp, n), co): os.lstat(os.path.join(dp, n)).st_nlink
+            for dp, ds, fs in os.walk(co) for n in fs + [d for d in ds
+                                                          if os.path.islink(os.path.join(dp, d))]}
+    assert nlink == want
+
+
+def test_dir_nlink_and_lookup(mode_repo: Callable[[str], Path]) -> None:
+    vfs = open_vfs(mode_repo("bare-user"))
+    a = vfs.lookup(ROOT_INO, "level 00")
+    assert stat.S_ISDIR(a.mode) and a.nlink == 3 and a.mtime_ns == 0
+    assert vfs.lookup(ROOT_INO, "level 00").ino == a.ino  # same path, same inode
+    with pytest.raises(NoSuchEntry):
+        vfs.lookup(ROOT_INO, "no such name")
+    f = vfs.lookup(vfs.lookup(a.ino, "level 01").ino, "level 02")
+    assert stat.S_ISDIR(f.mode)
+    files = [(n, at) for _o, n, at in vfs.entries(ROOT_INO) if stat.S_ISREG(at.mode)]
+    if files:
+        with pytest.raises(NotADir):
+            vfs.lookup(files[0][1].ino, "x")
+
+
+def test_offsets_are_stable(mode_repo: Callable[[str], Path]) -> None:
+    vfs = open_vfs(mode_repo("archive"))
+    full = [(o, n) for o, n, _a in vfs.entries(ROOT_INO)]
+    assert [o for o, _n in full] == list(range(1, len(full) + 1))
+    for start in range(len(full)):
+        assert [(o, n) for o, n, _a in vfs.entries(ROOT_INO, start)] == full[start:]
+
+
+def test_inodes_are_lazy_and_forgotten(mode_repo: Callable[[str], Path]) -> None:
+    vfs = open_vfs(mode_repo("bare-user"))
+    assert vfs.live_inodes == 1
+    a = vfs.lookup(ROOT_INO, "level 00")
+    assert vfs.live_inodes == 2
+    vfs.forget(a.ino, 1)
+    assert vfs.live_inodes == 1
+    with pytest.raises(NoSuchEntry):
+        vfs.attrs(a.ino)
+    vfs_snapshot(vfs)
+    n = vfs.live_inodes
+    assert n > 50
+    for _o, _n, at in list(vfs.entries(ROOT_INO)):
+        vfs.forget(at.ino, 10**6)
+    assert vfs.live_inodes < n
+
+
+def test_xattrs(mode_repo: Callable[[str], Path], src_tree: Path) -> None:
+    vfs = open_vfs(mode_repo("archive"))
+    want_root = {n.encode(): os.getxattr(src_tree, n) for n in os.listxattr(src_tree)}
+    assert dict(vfs.xattrs(ROOT_INO)) == want_root
+    with pytest.raises(NoSuchXattr):
+        vfs.getxattr(ROOT_INO, b"user.nope")
+
+
+@pytest.fixture(scope="module")
+def big_archive(tmp_path_factory: pytest.TempPathFactory, ostree: Tool) -> tuple[Path, bytes]:
+    base = tmp_path_factory.mktemp("big")
+    src = base / "src"
+    src.mkdir()
+    rng = random.Random(3)
+    data = b"".join(rng.randbytes(4096) + bytes(rng.randrange(1, 8000))
+                    for _ in range(3000))  # ~ 23 MiB, half compressible
+    (src / "big").write_bytes(data)
+    repo = init_repo(ostree, base / "repo", "archive")
+    ostree("commit", f"--repo={repo}", "-b", "m", TS_ARG, str(src))
+    return repo, data
+
+
+def test_archive_random_access(big_archive: tuple[Path, bytes]) -> None:
+    repo, data = big_archive
+    vfs = open_vfs(repo)
+    ino = vfs.lookup(ROOT_INO, "big").ino
+    assert vfs_read_all(vfs, ino) == data
+    fh = vfs.open(ino)
+    rng = random.Random(1)
+    for _ in range(60):
+        off = rng.randrange(len(data) + 10)
+        n = rng.choice([1, 4096, 131072, 300000])
+        assert vfs.read(fh, off, n) == data[off:off + n], (off, n)
+    # Backward reads restart at a checkpoint, not at byte 0.
+    z = vfs._zstreams.get(vfs._handles[fh].checksum)
+    assert z is not None and len(z._checkpoints) >= 2
+    vfs.read(fh, len(data) - 10, 10)
+    vfs.read(fh, len(data) - 3 * z.interval // 2, 10)
+    assert z._upos >= z._checkpoints[0][0]
+    vfs.release(fh)
+
+
+def _first_file(vfs: CommitVFS) -> tuple[str, int, str]:
+    for _o, n, a in vfs.entries(ROOT_INO):
+        if stat.S_ISREG(a.mode) and a.size > 1000:
+            node = vfs._nodes[a.ino]
+            return n, a.ino, node.checksum
+    raise AssertionError("no file")
+
+
+def test_corrupt_archive_object_fails_only_that_file(mode_repo: Callable[[str], Path],
+                                                     tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("archive"), tmp_path / "repo")
+    vfs = open_vfs(repo)
+    name, ino, csum = _first_file(vfs)
+    path = Path(vfs.repo.object_path_str(csum, ObjectType.FILE))
+    raw = bytearray(path.read_bytes())
+    hlen = 8 + int.from_bytes(raw[:4], "big")
+    raw[hlen:] = bytes(len(raw) - hlen)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StoreError):
+        vfs_read_all(vfs, ino)
+    vfs = open_vfs(repo)
+    files = [a for _o, _n, a in vfs.entries(ROOT_INO) if stat.S_ISREG(a.mode)]
+    assert len(files) > 1
+    for a in files:
+        if vfs._nodes[a.ino].checksum != csum:
+            vfs_read_all(vfs, a.ino)  # every other file still reads
+
+
+def test_missing_object_gives_placeholder(mode_repo: Callable[[str], Path],
+                                          tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    r = Repo.open(repo)
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    name, _ino, csum = _first_file(vfs)
+    os.unlink(r.object_path_str(csum, ObjectType.FILE))
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    listed = {n: a for _o, n, a in vfs.entries(ROOT_INO)}
+    assert listed[name].mode == stat.S_IFREG | 0o444 and listed[name].size == 0
+    with pytest.raises(StoreError):
+        vfs.open(listed[name].ino)
+    others = [a for n, a in listed.items() if n != name and stat.S_ISREG(a.mode)
+              and vfs._nodes[a.ino].checksum != csum]
+    for a in others:
+        vfs_read_all(vfs, a.ino)
+
+
+def test_owner_override(mode_repo: Callable[[str], Path]) -> None:
+    vfs = open_vfs(mode_repo("bare-user"), uid=4321, gid=8765)
+    seen = [a for _o, _n, a in vfs.entries(ROOT_INO)] + [vfs.attrs(ROOT_INO)]
+    assert {(a.uid, a.gid) for a in seen} == {(4321, 8765)}
