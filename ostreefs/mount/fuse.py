@@ -328,7 +328,7 @@ def mount(vfs: CommitVFS, mountpoint: str, options: MountOptions | None = None) 
             except OSError:
                 pass
         finally:
-            os._exit(code)
+            os._exit(code)  # allowed-exit: the forked daemon must never return
     os.close(w)
     chunks = []
     while chunk := os.read(r, 4096):
