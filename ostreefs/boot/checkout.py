@@ -248,7 +248,8 @@ class _Checkout:
             return None
         if self.repo.mode is RepoMode.BARE_USER:
             meta = os.getxattr(src, "user.ostreemeta", follow_symlinks=False)
-            if stat.S_ISLNK(FileHeader.from_bareuser_meta(meta).mode):
+            # (uuu...): the mode is the third big-endian u32, whatever follows it.
+            if len(meta) < 12 or stat.S_ISLNK(int.from_bytes(meta[8:12], "big")):
                 return None
         return src
 
