@@ -107,6 +107,12 @@ class _Checkout:
     def checkout_dir(self, parent_fd: int, name: str, tree: str, meta: str,
                      is_root: bool) -> None:
         dmeta = self.repo.load_dirmeta(meta)
+        dtree = self.repo.load_dirtree(tree)
+        if self.o.whiteouts and not is_root and any(n == OPAQUE_WHITEOUT
+                                                    for n, _ in dtree.files):
+            # An opaque directory replaces whatever lower layers put there, metadata
+            # included: ostree removes it and creates it anew before filling it.
+            _remove(parent_fd, name)
         created = True
         try:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
@@ -124,7 +130,7 @@ class _Checkout:
         self.stats.dirs += 1
         self._path.append(name)
         try:
-            self._fill(fd, self.repo.load_dirtree(tree))
+            self._fill(fd, dtree)
             if created:
                 self._apply_dir_meta(fd, dmeta)
             if self.o.fsync:
@@ -187,9 +193,7 @@ class _Checkout:
     def _whiteout(self, fd: int, name: str) -> None:
         self.stats.whiteouts += 1
         if name == OPAQUE_WHITEOUT:
-            for existing in os.listdir(fd):
-                _remove(fd, existing)
-            return
+            return  # handled before the directory was (re)created
         target = name[len(WHITEOUT_PREFIX):]
         if target and target not in (".", ".."):
             _remove(fd, target)

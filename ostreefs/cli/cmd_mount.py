@@ -1,5 +1,18 @@
 """``ostreefs mount [--repo=R] REV[:SUBPATH] MOUNTPOINT [-f] [-o OPTS]``: a commit as a
-read-only FUSE file system (see ostreefs.mount)."""
+read-only FUSE file system (see ostreefs.mount).
+
+``ostreefs mount --layer REV1 --layer REV2 ... MOUNTPOINT`` mounts the union of the
+commits, lower first, with OCI whiteouts applied: what ``ostree checkout --union
+--whiteouts`` of them in order leaves. A build tool puts a kernel overlayfs over it
+(``lowerdir=MOUNTPOINT,upperdir=U,workdir=W``), runs a step in the merged view, turns
+the overlayfs whiteouts in U into OCI ones (a 0:0 character device NAME becomes an empty
+``.wh.NAME``; a directory with ``trusted.overlay.opaque=y`` gets a ``.wh..wh..opq``) and
+commits the result as the next layer with ``ostreefs commit --tree=dir=U``; see
+:mod:`ostreefs.mount.layers`.
+
+``ostreefs mount --all MOUNTPOINT`` shows the repository's history: ``refs/<ref>/`` and
+``commits/<checksum>/``, each a commit's tree, read when first looked at.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +26,13 @@ from ostreefs.errors import UsageError
 
 
 def setup(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("rev", metavar="REV[:SUBPATH]",
+    p.add_argument("rev", metavar="REV[:SUBPATH]", nargs="?",
                    help="a ref, checksum or prefix, optionally ':/path' inside the commit")
+    p.add_argument("--layer", dest="layers", action="append", default=[], metavar="REV",
+                   help="mount the union of these commits, lower first, with OCI "
+                        "whiteouts applied (repeat, lowest first)")
+    p.add_argument("--all", action="store_true",
+                   help="mount every ref (refs/REF/) and commit (commits/CHECKSUM/)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground (log to stderr) until unmounted")
@@ -64,13 +82,25 @@ def parse_options(values: list[str]) -> Options:
 
 def run(args: argparse.Namespace) -> int:
     from ostreefs.mount.fuse import MountOptions, mount
-    from ostreefs.mount.vfs import CommitVFS
+    from ostreefs.mount.vfs import CommitVFS, HistoryVFS, LayerVFS
     from ostreefs.store.refs import rev_parse
 
     o = parse_options(args.options)
+    kinds = (args.rev is not None) + bool(args.layers) + bool(args.all)
+    if kinds != 1:
+        raise UsageError("Give exactly one of REV, --layer REV... or --all",
+                         hint="ostreefs mount [--repo=R] (REV[:SUBPATH] | --layer REV... "
+                              "| --all) MOUNTPOINT")
     repo = open_repo(args)
-    rev, subpath = split_rev(args.rev)
-    vfs = CommitVFS(repo, rev_parse(repo, rev), subpath, uid=o.uid, gid=o.gid)
+    subpath = "/"
+    vfs: CommitVFS
+    if args.layers:
+        vfs = LayerVFS(repo, [rev_parse(repo, r) for r in args.layers], uid=o.uid, gid=o.gid)
+    elif args.all:
+        vfs = HistoryVFS(repo, uid=o.uid, gid=o.gid)
+    else:
+        rev, subpath = split_rev(args.rev)
+        vfs = CommitVFS(repo, rev_parse(repo, rev), subpath, uid=o.uid, gid=o.gid)
     logging.basicConfig(level=logging.INFO,
                         format="ostreefs mount: %(levelname)s: %(message)s")
     mount(vfs, args.mountpoint, MountOptions(

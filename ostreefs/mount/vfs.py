@@ -37,11 +37,12 @@ import os
 import stat
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from ostreefs.errors import CorruptObject, OstreefsError, StoreError
+from ostreefs.mount import layers
 from ostreefs.store import tree as treemod
 from ostreefs.store.config import RepoMode
 from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs
@@ -147,6 +148,16 @@ class _Dir:
         self.index = {e[0]: i for i, e in enumerate(self.entries)}
         self.ndirs = len(t.dirs)
 
+    @classmethod
+    def of(cls, files: list[tuple[str, str]], dirs: list[tuple[str, str, str]]) -> _Dir:
+        """A made-up directory: files (name, checksum), dirs (name, key, meta key)."""
+        d = cls(DirTree())
+        d.entries = [(n, False, c, "") for n, c in files] + [(n, True, c, m)
+                                                            for n, c, m in dirs]
+        d.index = {e[0]: i for i, e in enumerate(d.entries)}
+        d.ndirs = len(dirs)
+        return d
+
 
 class _Node:
     """A live inode: a directory (tree + meta) or a file (content checksum)."""
@@ -188,17 +199,21 @@ class CommitVFS:
 
     def __init__(self, repo: Repo, commit: str, subpath: str = "/", *,
                  uid: int | None = None, gid: int | None = None) -> None:
+        root = treemod.lookup(repo, commit, subpath)
+        if not root.is_dir:
+            raise treemod.NotADirectory(subpath)
+        self._setup(repo, commit, root.checksum, root.meta_checksum, uid, gid)
+
+    def _setup(self, repo: Repo, commit: str, root_key: str, root_meta: str,
+               uid: int | None, gid: int | None) -> None:
         self.repo = repo
         self.commit = commit
         self._uid = uid
         self._gid = gid
-        root = treemod.lookup(repo, commit, subpath)
-        if not root.is_dir:
-            raise treemod.NotADirectory(subpath)
         self._nodes: dict[int, _Node] = {}
         self._by_path: dict[tuple[int, str], int] = {}
         self._next_ino = ROOT_INO + 1
-        node = _Node(ROOT_INO, True, root.checksum, root.meta_checksum, None)
+        node = _Node(ROOT_INO, True, root_key, root_meta, None)
         node.nlookup = 1  # the kernel never forgets the root
         self._nodes[ROOT_INO] = node
         self._dirs: _LRU[str, _Dir] = _LRU(DIRTREE_CACHE)
@@ -215,17 +230,24 @@ class CommitVFS:
     def _dir(self, tree: str) -> _Dir:
         d = self._dirs.get(tree)
         if d is None:
-            d = _Dir(self.repo.load_dirtree(tree))
+            d = self._load_dir(tree)
             self._dirs.put(tree, d)
         return d
+
+    def _load_dir(self, key: str) -> _Dir:
+        """The directory a node's key names (here always a dirtree checksum)."""
+        return _Dir(self.repo.load_dirtree(key))
 
     def _meta(self, meta: str) -> tuple[int, int, int, Xattrs]:
         m = self._dirmeta.get(meta)
         if m is None:
-            dm = self.repo.load_dirmeta(meta)
-            m = (dm.uid, dm.gid, dm.mode, dm.xattrs)
+            m = self._load_meta(meta)
             self._dirmeta.put(meta, m)
         return m
+
+    def _load_meta(self, meta: str) -> tuple[int, int, int, Xattrs]:
+        dm = self.repo.load_dirmeta(meta)
+        return (dm.uid, dm.gid, dm.mode, dm.xattrs)
 
     def _header(self, checksum: str) -> _Header:
         h = self._headers.get(checksum)
@@ -628,3 +650,139 @@ class _ZStream:
                     parts.append(chunk)
         data = b"".join(parts)
         return data[:end - first]
+
+
+class LayerVFS(CommitVFS):
+    """The union of several commits, lower first, with OCI whiteouts applied.
+
+    What ``ostree checkout --union --whiteouts`` of the commits in order leaves; the
+    rules and how a build tool stacks an overlayfs upper dir on it are in
+    :mod:`ostreefs.mount.layers`. A directory's key is its stack of dirtrees
+    (``L:tree+tree...``), merged when the directory is first needed. Files that share a
+    content object show as hardlinks, counted over the merged tree.
+    """
+
+    def __init__(self, repo: Repo, commits: Sequence[str], *,
+                 uid: int | None = None, gid: int | None = None) -> None:
+        if not commits:
+            raise MountError("No layers to mount")
+        self._trees: _LRU[str, DirTree] = _LRU(DIRTREE_CACHE)
+        self.commits = tuple(commits)
+        roots: list[layers.Layer] = []
+        for c in commits:
+            cm = repo.load_commit(c)
+            roots.append((cm.root_tree, cm.root_meta))
+        self.repo = repo
+        stack = layers.effective(roots, self._tree)
+        self._setup(repo, "+".join(commits), layers.stack_key(stack), stack[0][1], uid, gid)
+
+    def _tree(self, checksum: str) -> DirTree:
+        t = self._trees.get(checksum)
+        if t is None:
+            t = self.repo.load_dirtree(checksum)
+            self._trees.put(checksum, t)
+        return t
+
+    def _merged(self, key: str) -> layers.Merged:
+        return layers.merge_dir(layers.stack_of_key(key), self._tree)
+
+    def _load_dir(self, key: str) -> _Dir:
+        m = self._merged(key)
+        return _Dir.of(list(m.files),
+                       [(n, layers.stack_key(st), st[0][1]) for n, st in m.dirs])
+
+    def _count_objects(self) -> dict[int, int]:
+        seen: dict[int, int] = {}
+        stack = [self._nodes[ROOT_INO].checksum]
+        while stack:
+            key = stack.pop()
+            try:
+                m = self._merged(key)
+            except StoreError as e:
+                self._report(key, e)
+                continue
+            for _n, c in m.files:
+                k = int(c[:16], 16)
+                seen[k] = seen.get(k, 0) + 1
+            stack.extend(layers.stack_key(st) for _n, st in m.dirs)
+        return {k: v for k, v in seen.items() if v > 1}
+
+
+#: Keys of the made-up directories of a history mount.
+_H_ROOT = "H:/"
+_H_COMMITS = "H:commits"
+_H_REFS = "H:refs/"
+_H_META = "H:"
+_C = "C:"  # "C:<commit>": the root directory of a commit (as key and as meta key)
+
+
+def _is_checksum(name: str) -> bool:
+    return len(name) == 64 and all(ch in "0123456789abcdef" for ch in name)
+
+
+class HistoryVFS(CommitVFS):
+    """Every ref and commit of a repository (``ostreefs mount --all``).
+
+    The root holds ``refs/`` (a directory per ref, the ref's commit tree; refs with '/'
+    nest, remote refs are ``REMOTE:NAME``) and ``commits/<checksum>/`` for every commit
+    object (parents included, when the repository has them); ``commits/<checksum>``
+    also resolves for a commit written after ``commits/`` was listed. Everything is
+    materialised when first looked at: a ``refs/`` directory reads the refs then, and a
+    commit's tree is one more lazy commit view. The made-up directories are 0755, owned
+    by root. Each path is its own inode (no hardlink counting across history).
+    """
+
+    def __init__(self, repo: Repo, *, uid: int | None = None,
+                 gid: int | None = None) -> None:
+        self._setup(repo, "all", _H_ROOT, _H_META, uid, gid)
+
+    def _linkable(self, h: _Header) -> bool:
+        return False
+
+    def _load_meta(self, meta: str) -> tuple[int, int, int, Xattrs]:
+        if meta == _H_META:
+            return (0, 0, stat.S_IFDIR | 0o755, ())
+        if meta.startswith(_C):
+            meta = self.repo.load_commit(meta[len(_C):]).root_meta
+        return super()._load_meta(meta)
+
+    def _load_dir(self, key: str) -> _Dir:
+        if key == _H_ROOT:
+            return _Dir.of([], [("commits", _H_COMMITS, _H_META), ("refs", _H_REFS, _H_META)])
+        if key == _H_COMMITS:
+            commits = sorted(c for c, t in self.repo.iter_objects()
+                             if t is ObjectType.COMMIT)
+            return _Dir.of([], [(c, _C + c, _C + c) for c in commits])
+        if key.startswith(_H_REFS):
+            return self._refs_dir(key[len(_H_REFS):])
+        if key.startswith(_C):
+            return _Dir(self.repo.load_dirtree(self.repo.load_commit(key[len(_C):]).root_tree))
+        return super()._load_dir(key)
+
+    def _refs_dir(self, prefix: str) -> _Dir:
+        from ostreefs.store.refs import list_refs
+
+        children: dict[str, str] = {}  # name -> commit, or "" for a directory of refs
+        for name, commit in list_refs(self.repo).items():
+            if not name.startswith(prefix):
+                continue
+            head, sep, _rest = name[len(prefix):].partition("/")
+            if sep:
+                children.setdefault(head, "")
+            else:
+                children[head] = commit
+        dirs = [(n, _C + c, _C + c) if c else (n, f"{_H_REFS}{prefix}{n}/", _H_META)
+                for n, c in sorted(children.items(), key=lambda x: x[0].encode())]
+        return _Dir.of([], dirs)
+
+    def lookup(self, parent: int, name: str) -> Attrs:
+        try:
+            return super().lookup(parent, name)
+        except NoSuchEntry:
+            if (self._node(parent).checksum != _H_COMMITS or not _is_checksum(name)
+                    or not self.repo.has_object(name, ObjectType.COMMIT)):
+                raise
+        node = self._child(parent, name, True, _C + name, _C + name)
+        a = self._attrs(node)
+        node.nlookup += 1
+        return a

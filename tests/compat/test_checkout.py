@@ -241,3 +241,27 @@ def test_threaded_checkout_gives_the_same_tree(repos: Callable[[str], Path],
     for threads, name in ((1, "one"), (4, "four")):
         checkout(repo, c, tmp_path / name, CheckoutOptions(user_mode=True), threads=threads)
     assert_same_tree(tmp_path / "one", tmp_path / "four")
+
+
+def test_opaque_whiteout_replaces_the_directory(tmp_path: Path, ostree: Tool,
+                                                ostreefs: Tool) -> None:
+    """An opaque dir takes its own layer's metadata and keeps its own early entries."""
+    a, b = tmp_path / "a" / "d", tmp_path / "b" / "d"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    (a / "x").write_text("x\n")
+    (a / "y").write_text("y\n")
+    os.chmod(a, 0o700)
+    (b / "-b").write_text("sorts before the marker\n")
+    (b / "x").write_text("x2\n")
+    (b / ".wh..wh..opq").write_text("")
+    os.chmod(b, 0o750)
+    os.chown(b, 5, 6)
+    repo = init_repo(ostree, tmp_path / "repo", "bare")
+    for layer in ("a", "b"):
+        ostree("commit", f"--repo={repo}", "-b", layer, str(tmp_path / layer))
+    for tool, dest in ((ostree, tmp_path / "o"), (ostreefs, tmp_path / "f")):
+        tool("checkout", f"--repo={repo}", "a", str(dest))
+        tool("checkout", f"--repo={repo}", "--union", "--whiteouts", "b", str(dest))
+    assert_same_tree(tmp_path / "o", tmp_path / "f")
+    assert sorted(os.listdir(tmp_path / "f" / "d")) == ["-b", "x"]
