@@ -24,6 +24,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pyfuse3
 import trio
@@ -46,6 +47,16 @@ log = logging.getLogger("ostreefs.mount")
 
 #: Seconds the kernel may cache entries and attributes: nothing in a commit changes.
 TIMEOUT = 86400.0
+
+# --- readdir caching (tools/pyfuse3-cache-readdir.patch) -------------------------------
+#: Whether this pyfuse3 lets opendir return a FileInfo with ``cache_readdir``
+#: (FOPEN_CACHE_DIR): the kernel then keeps each listing and serves later readdirs itself.
+#: Stock pyfuse3 3.5 lacks it (opendir returns a bare handle; every ls/find re-asks the
+#: daemon); tools/install builds the patched pyfuse3 when it can.
+CACHE_READDIR: bool = hasattr(pyfuse3.FileInfo(), "cache_readdir")
+_CACHE_DIR: dict[str, Any] = {"cache_readdir": True}  # a keyword stock stubs don't know
+# --- end readdir caching ---------------------------------------------------------------
+
 FUSERMOUNT = "fusermount3"
 
 _ERRNO: tuple[tuple[type[OstreefsError], int], ...] = (
@@ -75,8 +86,8 @@ def _entry(a: Attrs) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = a.ino
     e.generation = 0
-    e.entry_timeout = TIMEOUT
-    e.attr_timeout = TIMEOUT
+    e.entry_timeout = 0 if a.volatile else TIMEOUT
+    e.attr_timeout = 0 if a.volatile else TIMEOUT
     e.st_mode = a.mode
     e.st_nlink = a.nlink
     e.st_uid = a.uid
@@ -138,6 +149,9 @@ class _Ops(pyfuse3.Operations):
         with self._errno():
             if not self.vfs.attrs(inode).mode & 0o040000:
                 raise NotADir(inode)
+            if CACHE_READDIR:  # patched pyfuse3: the kernel caches the listing
+                # (typed as an int handle in pyfuse3's stubs; the patch also takes this)
+                return cast(int, pyfuse3.FileInfo(fh=inode, keep_cache=True, **_CACHE_DIR))
             return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:

@@ -101,6 +101,9 @@ class Attrs:
     gid: int
     size: int
     mtime_ns: int = 0
+    #: The object behind this entry could not be read: the kernel must not cache these
+    #: placeholder attributes, so its next stat or open comes back to us (and gets EIO).
+    volatile: bool = False
 
 
 K = TypeVar("K")
@@ -354,7 +357,10 @@ class CommitVFS:
     def attrs(self, ino: int) -> Attrs:
         return self._attrs(self._node(ino))
 
-    def _attrs(self, node: _Node) -> Attrs:
+    def _attrs(self, node: _Node, strict: bool = True) -> Attrs:
+        """Attributes of a node; a missing or corrupt object raises (EIO) when ``strict``,
+        else (for directory listings, which must not fail whole) gives a volatile
+        placeholder."""
         if node.is_dir:
             uid, gid, mode, _x = self._meta(node.meta)
             nlink = 2 + self._dir(node.checksum).ndirs
@@ -362,7 +368,10 @@ class CommitVFS:
                          self._gid if self._gid is not None else gid, DIR_SIZE)
         h = self._header(node.checksum)
         if h.header is None:
-            return Attrs(node.ino, stat.S_IFREG | 0o444, 1, self._uid or 0, self._gid or 0, 0)
+            if strict and h.error is not None:
+                raise h.error
+            return Attrs(node.ino, stat.S_IFREG, 1, self._uid or 0, self._gid or 0, 0,
+                         volatile=True)
         hd = h.header
         if hd.is_symlink:
             size = len(hd.symlink_target.encode("utf-8", "surrogateescape"))
@@ -402,7 +411,7 @@ class CommitVFS:
         for i in range(start, len(d.entries)):
             n, is_dir, c, m = d.entries[i]
             child = self._child(ino, n, is_dir, c, m)
-            yield i + 1, n, self._attrs(child)
+            yield i + 1, n, self._attrs(child, strict=False)
 
     def readlink(self, ino: int) -> str:
         node = self._node(ino)

@@ -408,10 +408,6 @@ def test_deleted_object_gives_eio_and_mount_stays(mode_repo: Callable[[str], Pat
     assert victim.checksum in log and "Traceback" not in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a file whose object is missing stats as an empty 0444 root:root file "
-    "(vfs._attrs falls back to size 0 when the header fails to load), so tar never opens "
-    "it and archives it as empty with exit 0: silent data loss"))
 @pytest.mark.parametrize("mode", MODES)
 def test_tar_fails_on_a_missing_object(mode_repo: Callable[[str], Path], ostree: Tool,
                                        tmp_path: Path, mode: str) -> None:

@@ -1,0 +1,129 @@
+"""Kernel readdir caching (FOPEN_CACHE_DIR, tools/pyfuse3-cache-readdir.patch).
+
+The daemon runs with its readdir handler wrapped to log every call to a file. With the
+patched pyfuse3, a second ``find``/``ls`` of a mounted commit is served from the kernel's
+cache and the daemon sees no readdir; with stock pyfuse3 (or caching switched off) the
+daemon answers again. Either way the listings are identical.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import MODES
+from mount_helpers import find_lines
+from support import UTF8, tool_env
+
+from ostreefs.mount import fuse
+from ostreefs.mount.fuse import is_ostreefs_mount
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+    reason="needs /dev/fuse and root")
+
+# argv: COUNT_FILE on|off, then the CLI's own arguments.
+_RUNNER = """
+import sys
+from ostreefs.mount import fuse
+count_path, cache = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+if cache == "off":
+    fuse.CACHE_READDIR = False
+_orig = fuse._Ops.readdir
+async def readdir(self, fh, start_id, token):
+    with open(count_path, "a") as f:
+        f.write(f"{fh} {start_id}\\n")
+    await _orig(self, fh, start_id, token)
+fuse._Ops.readdir = readdir
+from ostreefs.cli import main as m
+m.COMMANDS.setdefault("mount", ("Mount a commit read-only (FUSE)", "cmd_mount:setup"))
+sys.exit(m.main(sys.argv[1:]))
+"""
+FIND_FMT = "%p %y %m %U %G %s %l"
+
+
+@contextmanager
+def counted_mount(repo: Path, mp: Path, cache: str) -> Iterator[Callable[[], int]]:
+    """A foreground mount whose daemon logs readdir calls; yields ``calls()``."""
+    mp.mkdir()
+    counts = mp.parent / f"{mp.name}.readdir"
+    counts.touch()
+    log_path = mp.parent / f"{mp.name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RUNNER, str(counts), cache,
+             "mount", f"--repo={repo}", "m", str(mp), "-f"],
+            stdout=log, stderr=log, env=tool_env(UTF8))
+    try:
+        deadline = time.monotonic() + 15
+        while not is_ostreefs_mount(str(mp)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "timed out waiting for the mount"
+            time.sleep(0.02)
+        assert proc.poll() is None, log_path.read_text()
+        yield lambda: len(counts.read_text().splitlines())
+    finally:
+        if subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True).returncode:
+            subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ls(d: Path) -> list[str]:
+    return sorted(subprocess.run(["ls", "-a", str(d)], check=True, capture_output=True,
+                                 text=True).stdout.split())
+
+
+def _some_subdir(root: Path) -> Path:
+    for dirpath, dirnames, _files in os.walk(root):
+        if dirpath != str(root) and not os.path.islink(dirpath):
+            return Path(dirpath)
+        dirnames.sort()
+    raise AssertionError("the test tree has no subdirectory")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_second_walk_skips_daemon_readdir(mode_repo: Callable[[str], Path],
+                                          tmp_path: Path, mode: str) -> None:
+    repo = mode_repo(mode)
+    with counted_mount(repo, tmp_path / "on", "on") as calls_on, \
+            counted_mount(repo, tmp_path / "off", "off") as calls_off:
+        on, off = tmp_path / "on", tmp_path / "off"
+        first = find_lines(on, FIND_FMT)
+        n_on = calls_on()
+        assert n_on > 0
+        assert find_lines(off, FIND_FMT) == first  # same listing with and without caching
+        n_off = calls_off()
+        assert n_off > 0
+
+        sub = _some_subdir(on)
+        assert find_lines(on, FIND_FMT) == first
+        assert _ls(sub) == _ls(off / sub.relative_to(on))
+        assert find_lines(off, FIND_FMT) == first
+
+        # Without caching (stock pyfuse3, or switched off) the daemon answers again.
+        assert calls_off() > n_off
+        if fuse.CACHE_READDIR:
+            # Patched pyfuse3: the kernel served the second walk and the ls itself.
+            assert calls_on() == n_on
+        else:
+            # Stock pyfuse3: the fallback path (a bare handle from opendir) still works.
+            assert calls_on() > n_on
+
+
+def test_opendir_asks_for_caching_only_when_supported() -> None:
+    import pyfuse3
+
+    assert fuse.CACHE_READDIR == hasattr(pyfuse3.FileInfo(), "cache_readdir")
+    if fuse.CACHE_READDIR:
+        fi = pyfuse3.FileInfo(fh=7, keep_cache=True, **fuse._CACHE_DIR)
+        assert (fi.fh, fi.keep_cache, fi.cache_readdir) == (7, True, True)
