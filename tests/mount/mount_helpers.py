@@ -5,9 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from support import UTF8, tool_env
+
+from ostreefs.mount.fuse import is_ostreefs_mount
 from ostreefs.mount.vfs import ROOT_INO, CommitVFS
 
 
@@ -99,3 +107,51 @@ def vfs_hardlinks(vfs: CommitVFS) -> tuple[set[frozenset[str]], dict[str, int]]:
 
     walk(ROOT_INO, "")
     return {frozenset(v) for v in by_ino.values() if len(v) > 1}, nlink
+
+
+#: The CLI as a subprocess.
+CLI = [sys.executable, "-m", "ostreefs"]
+FIND_FMT = "%p %y %m %U %G %s %l"
+
+
+def cli(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*CLI, *map(os.fspath, args)], capture_output=True, text=True,
+                          env=tool_env(UTF8), timeout=60, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def force_unmount(mp: Path) -> None:
+    if subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True).returncode:
+        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
+
+
+@contextmanager
+def mounted(repo: Path, rev: str, mp: Path, *opts: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A foreground mount in a subprocess (log in MP.log), always unmounted afterwards."""
+    mp.mkdir(exist_ok=True)
+    logpath = mp.parent / f"{mp.name}.log"
+    log = open(logpath, "wb")  # noqa: SIM115
+    proc = subprocess.Popen([*CLI, "mount", f"--repo={repo}", rev, str(mp), "-f", *opts],
+                            stdout=log, stderr=log, env=tool_env(UTF8))
+    try:
+        wait_for(lambda: is_ostreefs_mount(str(mp)) or proc.poll() is not None, "the mount")
+        assert proc.poll() is None, logpath.read_text()
+        yield proc
+    finally:
+        force_unmount(mp)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

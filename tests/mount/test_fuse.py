@@ -9,16 +9,20 @@ import errno
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import MODES, repo_copy
-from mount_helpers import find_lines, hardlink_groups
-from support import UTF8, Tool, tool_env
+from mount_helpers import (
+    FIND_FMT,
+    cli,
+    find_lines,
+    force_unmount,
+    hardlink_groups,
+    mounted,
+)
+from support import UTF8, Tool
 from treegen import diff_snapshots, snapshot
 
 from ostreefs.mount.fuse import is_ostreefs_mount
@@ -28,57 +32,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs /dev/fuse and root")
 
 # Runs the CLI with the mount commands registered even before main.COMMANDS lists them.
-_RUNNER = """
-import sys
-from ostreefs.cli import main as m
-m.COMMANDS.setdefault("mount", ("Mount a commit read-only (FUSE)", "cmd_mount:setup"))
-m.COMMANDS.setdefault("umount", ("Unmount an ostreefs mount", "cmd_umount:setup"))
-sys.exit(m.main(sys.argv[1:]))
-"""
-CLI = [sys.executable, "-c", _RUNNER]
-FIND_FMT = "%p %y %m %U %G %s %l"
 
 
-def cli(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *map(os.fspath, args)], capture_output=True, text=True,
-                          env=tool_env(UTF8), timeout=60, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def force_unmount(mp: Path) -> None:
-    if subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True).returncode:
-        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
-
-
-@contextmanager
-def mounted(repo: Path, rev: str, mp: Path, *opts: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A foreground mount in a subprocess, always unmounted afterwards."""
-    mp.mkdir(exist_ok=True)
-    log = open(mp.parent / f"{mp.name}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*CLI, "mount", f"--repo={repo}", rev, str(mp), "-f", *opts],
-                            stdout=log, stderr=log, env=tool_env(UTF8))
-    try:
-        wait_for(lambda: is_ostreefs_mount(str(mp)) or proc.poll() is not None, "the mount")
-        assert proc.poll() is None, (mp.parent / f"{mp.name}.log").read_text()
-        yield proc
-    finally:
-        force_unmount(mp)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -8,8 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from mount_helpers import cli, force_unmount
 from support import TS_ARG, UTF8, Tool, init_repo
-from test_fuse import cli, force_unmount
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or os.geteuid() != 0,

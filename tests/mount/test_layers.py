@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 from conftest import MODES, repo_copy
-from mount_helpers import find_lines, hardlink_groups, vfs_snapshot
+from mount_helpers import (
+    CLI,
+    FIND_FMT,
+    cli,
+    find_lines,
+    force_unmount,
+    hardlink_groups,
+    vfs_snapshot,
+    wait_for,
+)
 from support import TS_ARG, UTF8, Tool, init_repo, tool_env
-from test_fuse import CLI, FIND_FMT, cli, force_unmount, wait_for
 from treegen import diff_snapshots, make_tree, snapshot
 
 from ostreefs.mount.fuse import is_ostreefs_mount

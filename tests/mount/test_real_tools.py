@@ -21,15 +21,21 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import MODES, repo_copy
-from mount_helpers import find_lines, hardlink_groups
+from mount_helpers import (
+    FIND_FMT,
+    cli,
+    find_lines,
+    force_unmount,
+    hardlink_groups,
+    mounted,
+    wait_for,
+)
 from support import TS_ARG, UTF8, Tool, init_repo, tool_env
 from treegen import diff_snapshots, snapshot
 
@@ -40,15 +46,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs /dev/fuse and root")
 
 # The CLI with the mount commands registered even before main.COMMANDS lists them.
-_RUNNER = """
-import sys
-from ostreefs.cli import main as m
-m.COMMANDS.setdefault("mount", ("Mount a commit read-only (FUSE)", "cmd_mount:setup"))
-m.COMMANDS.setdefault("umount", ("Unmount an ostreefs mount", "cmd_umount:setup"))
-sys.exit(m.main(sys.argv[1:]))
-"""
-CLI = [sys.executable, "-c", _RUNNER]
-FIND_FMT = "%p %y %m %U %G %s %l"
 XATTR_TAR = ["--xattrs", "--xattrs-include=user.*"]
 VIEWER = 1000  # the non-root user of the allow_other test
 
@@ -80,47 +77,6 @@ def run(*argv: str | os.PathLike[str], **kw: object) -> subprocess.CompletedProc
     return proc
 
 
-def cli(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*CLI, *map(os.fspath, args)], capture_output=True, text=True,
-                          env=tool_env(UTF8), timeout=60, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def force_unmount(mp: Path) -> None:
-    if subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True).returncode:
-        subprocess.run(["fusermount3", "-uz", str(mp)], capture_output=True)
-
-
-@contextmanager
-def mounted(repo: Path, rev: str, mp: Path, *opts: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A foreground mount in a subprocess (log in MP.log), always unmounted afterwards."""
-    mp.mkdir(exist_ok=True)
-    logpath = mp.parent / f"{mp.name}.log"
-    log = open(logpath, "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*CLI, "mount", f"--repo={repo}", rev, str(mp), "-f", *opts],
-                            stdout=log, stderr=log, env=tool_env(UTF8))
-    try:
-        wait_for(lambda: is_ostreefs_mount(str(mp)) or proc.poll() is not None, "the mount")
-        assert proc.poll() is None, logpath.read_text()
-        yield proc
-    finally:
-        force_unmount(mp)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def commit_tree(ostree: Tool, repo: Path, branch: str, tree: Path) -> None:
@@ -180,7 +136,7 @@ def daemon_pids(mp: Path) -> list[int]:
             argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if os.fsencode(mp) in argv and b"mount" in argv and b"-c" in argv:
+        if os.fsencode(mp) in argv and b"mount" in argv and b"ostreefs" in argv:
             pids.append(int(d))
     return pids
 
