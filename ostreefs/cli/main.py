@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         args = parser.parse_args(_bind_option_values(parser, args_list))
         if args.version:
-            from importlib.metadata import version
+            from ostreefs import __version__
 
-            print(f"ostreefs {version('ostreefs')}")
+            print(f"ostreefs {__version__}")
             return 0
         if not getattr(args, "command", None):
             parser.print_help(sys.stderr)
