@@ -226,6 +226,15 @@ def _resolve_base(repo: Repo, base: str, display: str) -> str:
         return base
     if not base:
         raise InvalidRef(display)
+    # As ostree resolves: a hex word that prefixes commit checksums is taken as a
+    # prefix before any ref of that name is considered (so a ref named "b" loses to
+    # the one commit whose checksum starts with "b", and two such commits are an error).
+    if len(base) < 64 and all(c in "0123456789abcdef" for c in base):
+        matches = find_commits_by_prefix(repo, base)
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise StoreError(f"Refspec {base} not unique")
     try:
         spec = RefSpec.parse(base)
     except InvalidRef:
@@ -234,12 +243,6 @@ def _resolve_base(repo: Repo, base: str, display: str) -> str:
         found = resolve_ref(repo, spec)
         if found is not None:
             return found
-    if all(c in "0123456789abcdef" for c in base) and len(base) < 64:
-        matches = find_commits_by_prefix(repo, base)
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise StoreError(f"Multiple commit objects found for prefix '{base}'")
     if spec is None:
         raise InvalidRef(display)
     raise RefNotFound(display)

@@ -71,7 +71,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory, ostree: Tool) -> Callable[[s
     def get(mode: str) -> Path:
         if mode not in cache:
             r = init_repo(ostree, base / f"repo-{mode}", mode)
-            for branch, tree in (("a", tree_a), ("b", tree_b)):
+            for branch, tree in (("la", tree_a), ("lb", tree_b)):
                 ostree("commit", f"--repo={r}", "-b", branch, "-s", branch, TS_ARG,
                        str(tree), env=UTF8)
             cache[mode] = r
@@ -87,8 +87,8 @@ def test_checkout_matches_ostree(repos: Callable[[str], Path], ostree: Tool, ost
     repo = repos(mode)
     if mode == "bare-user" and "-U" not in flags and "--force-copy" not in flags:
         pass  # copies with owners restored (as root)
-    ostree("checkout", f"--repo={repo}", *flags, "a", str(tmp_path / "o"), env=UTF8)
-    ostreefs("checkout", f"--repo={repo}", *flags, "a", str(tmp_path / "f"), env=UTF8)
+    ostree("checkout", f"--repo={repo}", *flags, "la", str(tmp_path / "o"), env=UTF8)
+    ostreefs("checkout", f"--repo={repo}", *flags, "la", str(tmp_path / "f"), env=UTF8)
     # In user mode ostree sets no xattrs, but a hardlink shows the object's own
     # (user.ostreemeta in bare-user): both tools share the objects, so compare them too.
     assert_same_tree(tmp_path / "o", tmp_path / "f")
@@ -101,8 +101,8 @@ def test_layered_checkouts_match_ostree(repos: Callable[[str], Path], ostree: To
                                         union: str) -> None:
     repo = repos(mode)
     for tool, dest in ((ostree, tmp_path / "o"), (ostreefs, tmp_path / "f")):
-        tool("checkout", f"--repo={repo}", "a", str(dest), env=UTF8)
-        tool("checkout", f"--repo={repo}", *union.split(), "b", str(dest), env=UTF8)
+        tool("checkout", f"--repo={repo}", "la", str(dest), env=UTF8)
+        tool("checkout", f"--repo={repo}", *union.split(), "lb", str(dest), env=UTF8)
     assert_same_tree(tmp_path / "o", tmp_path / "f")
 
 
@@ -110,9 +110,9 @@ def test_union_identical(repos: Callable[[str], Path], ostree: Tool, ostreefs: T
                          tmp_path: Path) -> None:
     repo = repos("bare")
     for tool, dest in ((ostree, tmp_path / "o"), (ostreefs, tmp_path / "f")):
-        tool("checkout", f"--repo={repo}", "a", str(dest))
-        tool("checkout", f"--repo={repo}", "-H", "--union-identical", "a", str(dest))
-        proc = tool("checkout", f"--repo={repo}", "-H", "--union-identical", "b", str(dest),
+        tool("checkout", f"--repo={repo}", "la", str(dest))
+        tool("checkout", f"--repo={repo}", "-H", "--union-identical", "la", str(dest))
+        proc = tool("checkout", f"--repo={repo}", "-H", "--union-identical", "lb", str(dest),
                     check=False)
         assert proc.returncode != 0  # b rewrites files of a
     assert_same_tree(tmp_path / "o", tmp_path / "f")
@@ -121,15 +121,15 @@ def test_union_identical(repos: Callable[[str], Path], ostree: Tool, ostreefs: T
 def test_subpath_and_allow_noent(repos: Callable[[str], Path], ostree: Tool, ostreefs: Tool,
                                  tmp_path: Path) -> None:
     repo = repos("bare")
-    ostree("checkout", f"--repo={repo}", "--subpath=/level 00/level 01", "a",
+    ostree("checkout", f"--repo={repo}", "--subpath=/level 00/level 01", "la",
            str(tmp_path / "o"))
-    ostreefs("checkout", f"--repo={repo}", "--subpath=/level 00/level 01", "a",
+    ostreefs("checkout", f"--repo={repo}", "--subpath=/level 00/level 01", "la",
              str(tmp_path / "f"))
     assert_same_tree(tmp_path / "o", tmp_path / "f")
-    ostreefs("checkout", f"--repo={repo}", "--allow-noent", "--subpath=/nope", "a",
+    ostreefs("checkout", f"--repo={repo}", "--allow-noent", "--subpath=/nope", "la",
              str(tmp_path / "n"))
     assert not (tmp_path / "n").exists()
-    assert_clean_failure(ostreefs("checkout", f"--repo={repo}", "--subpath=/nope", "a",
+    assert_clean_failure(ostreefs("checkout", f"--repo={repo}", "--subpath=/nope", "la",
                                   str(tmp_path / "n"), check=False))
 
 
@@ -139,7 +139,7 @@ def test_existing_destination_refused(repos: Callable[[str], Path], ostreefs: To
     dest = tmp_path / "d"
     dest.mkdir()
     (dest / "keep").write_text("mine")
-    assert_clean_failure(ostreefs("checkout", f"--repo={repo}", "a", str(dest), check=False))
+    assert_clean_failure(ostreefs("checkout", f"--repo={repo}", "la", str(dest), check=False))
     assert sorted(os.listdir(dest)) == ["keep"]
 
 
@@ -171,7 +171,7 @@ def test_force_copy_checkout_cannot_change_the_store(repos: Callable[[str], Path
     repo = tmp_path / "repo"
     shutil.copytree(src_repo, repo, symlinks=True)
     dest = tmp_path / "co"
-    ostreefs("checkout", f"--repo={repo}", "-U", "--force-copy", "a", str(dest))
+    ostreefs("checkout", f"--repo={repo}", "-U", "--force-copy", "la", str(dest))
     for p in regular_files(dest):
         os.chmod(p, 0o644)
         p.write_bytes(b"overwritten by a user\n")
@@ -183,10 +183,10 @@ def test_hardlink_checkout_shares_object_inodes(repos: Callable[[str], Path],
                                                 ostreefs: Tool, tmp_path: Path) -> None:
     repo = repos("bare-user")
     dest = tmp_path / "co"
-    ostreefs("checkout", f"--repo={repo}", "-U", "-H", "a", str(dest))
+    ostreefs("checkout", f"--repo={repo}", "-U", "-H", "la", str(dest))
     regular = [p for p in regular_files(dest) if p.stat().st_size > 0]
     assert regular and all(os.lstat(p).st_nlink >= 2 for p in regular)
-    proc = ostreefs("checkout", f"--repo={repo}", "-H", "a", str(tmp_path / "co2"),
+    proc = ostreefs("checkout", f"--repo={repo}", "-H", "la", str(tmp_path / "co2"),
                     check=False)
     assert_clean_failure(proc)
     assert "user checkout mode" in proc.stderr
@@ -196,8 +196,8 @@ def test_recommit_of_checkout_gives_the_same_tree(repos: Callable[[str], Path],
                                                   ostreefs: Tool, tmp_path: Path) -> None:
     repo = repos("bare")
     dest = tmp_path / "co"
-    ostreefs("checkout", f"--repo={repo}", "a", str(dest))
-    want = subprocess.run(["ostree", "rev-parse", f"--repo={repo}", "a"], check=True,
+    ostreefs("checkout", f"--repo={repo}", "la", str(dest))
+    want = subprocess.run(["ostree", "rev-parse", f"--repo={repo}", "la"], check=True,
                           capture_output=True, text=True).stdout.strip()
     got = ostreefs("commit", f"--repo={repo}", "-b", "again", "-s", "a", TS_ARG,
                    "--no-bindings", str(dest), env=UTF8).stdout.strip()
@@ -237,7 +237,7 @@ def test_threaded_checkout_gives_the_same_tree(repos: Callable[[str], Path],
     from ostreefs.store.repo import Repo
 
     repo = Repo.open(repos("bare-user"))
-    c = rev_parse(repo, "a")
+    c = rev_parse(repo, "la")
     for threads, name in ((1, "one"), (4, "four")):
         checkout(repo, c, tmp_path / name, CheckoutOptions(user_mode=True), threads=threads)
     assert_same_tree(tmp_path / "one", tmp_path / "four")
@@ -259,9 +259,9 @@ def test_opaque_whiteout_replaces_the_directory(tmp_path: Path, ostree: Tool,
     os.chown(b, 5, 6)
     repo = init_repo(ostree, tmp_path / "repo", "bare")
     for layer in ("a", "b"):
-        ostree("commit", f"--repo={repo}", "-b", layer, str(tmp_path / layer))
+        ostree("commit", f"--repo={repo}", "-b", f"l{layer}", str(tmp_path / layer))
     for tool, dest in ((ostree, tmp_path / "o"), (ostreefs, tmp_path / "f")):
-        tool("checkout", f"--repo={repo}", "a", str(dest))
-        tool("checkout", f"--repo={repo}", "--union", "--whiteouts", "b", str(dest))
+        tool("checkout", f"--repo={repo}", "la", str(dest))
+        tool("checkout", f"--repo={repo}", "--union", "--whiteouts", "lb", str(dest))
     assert_same_tree(tmp_path / "o", tmp_path / "f")
     assert sorted(os.listdir(tmp_path / "f" / "d")) == ["-b", "x"]

@@ -388,3 +388,28 @@ def test_reset(ostree: Tool, ostreefs: Tool, hist: tuple[Path, list[str]], tmp_p
     )
     assert (b / "refs/heads" / B).read_bytes() == (a / "refs/heads" / B).read_bytes()
     assert (a / "refs/heads" / B).read_text() == commits[0] + "\n"
+
+
+def test_commit_prefix_wins_over_a_ref_of_that_name(tmp_path, ostree, ostreefs) -> None:
+    """ostree takes a hex word as a commit-checksum prefix before a ref of that name."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_text("1\n")
+    repo = tmp_path / "repo"
+    ostree("init", f"--repo={repo}", "--mode=archive")
+    ostree("commit", f"--repo={repo}", "-b", "b", "--timestamp=@0", str(tree))
+    (tree / "f").write_text("2\n")
+    first = None
+    for ts in range(1, 400):
+        c = ostree("commit", f"--repo={repo}", "--orphan", f"--timestamp=@{ts}",
+                   str(tree)).stdout.strip()
+        if first is None and c.startswith("b"):
+            first = c
+        elif first is not None and c.startswith("b"):
+            second = c
+            break
+    for tool in (ostree, ostreefs):
+        proc = tool("rev-parse", f"--repo={repo}", "b", check=False)
+        assert proc.returncode != 0 and "not unique" in proc.stderr
+        assert tool("rev-parse", f"--repo={repo}", first[:12]).stdout.strip() == first
+        assert tool("rev-parse", f"--repo={repo}", second[:12]).stdout.strip() == second

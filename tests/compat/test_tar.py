@@ -190,8 +190,8 @@ def test_tar_import_matches_ostree_without_xattrs(
     tar = _gnu_tar(trees(1, "small"), tmp_path / "t")
     repo = init_repo(ostreefs, tmp_path / "repo", mode)
     _commit(ostree, repo, "o", *extra, f"--tree=tar={tar}")
-    _commit(ostreefs, repo, "f", *extra, f"--tree=tar={tar}")
-    assert _root(ostree, repo, "f") == _root(ostree, repo, "o")
+    _commit(ostreefs, repo, "fs", *extra, f"--tree=tar={tar}")
+    assert _root(ostree, repo, "fs") == _root(ostree, repo, "o")
 
 
 # ------------------------------------------------------------------ import: crafted tars
@@ -254,14 +254,14 @@ def test_crafted_tar_like_ostree(
     repo = init_repo(ostreefs, tmp_path / "repo", "bare")
     want = ostree("commit", f"--repo={repo}", "-b", "o", TS_ARG, *flags, f"--tree=tar={tar}",
                   check=False)
-    got = ostreefs("commit", f"--repo={repo}", "-b", "f", TS_ARG, *flags, f"--tree=tar={tar}",
+    got = ostreefs("commit", f"--repo={repo}", "-b", "fs", TS_ARG, *flags, f"--tree=tar={tar}",
                    check=False)
     if want.returncode != 0:
         assert_clean_failure(got)
         return
     assert got.returncode == 0, got.stderr
-    assert _root(ostree, repo, "f") == _root(ostree, repo, "o")
-    listing = ostree("ls", f"--repo={repo}", "-R", "-X", "f").stdout
+    assert _root(ostree, repo, "fs") == _root(ostree, repo, "o")
+    listing = ostree("ls", f"--repo={repo}", "-R", "-X", "fs").stdout
     ostree("fsck", f"--repo={repo}")
     if name == "normalise":
         assert " /abs\n" in listing and " /a/b\n" in listing, listing
