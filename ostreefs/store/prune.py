@@ -328,14 +328,18 @@ def _delete_commit(repo: Repo, csum: str, tombstone: bool | None = None) -> None
 
 
 def _sync_deletions(repo: Repo, commits: list[str]) -> None:
-    """Make the commit deletions durable before anything they named goes."""
+    """Make the commit deletions durable before anything they named goes.
+
+    An fsync of each directory that lost a commit is enough (an unlink is a change to
+    its directory) and, unlike a syncfs, does not wait for unrelated dirty data.
+    """
     if not commits or not repo.fsync_enabled:
         return
-    fd = os.open(repo.path / "objects", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _fs.syncfs(fd)
-    finally:
-        os.close(fd)
+    for sub in sorted({c[:2] for c in commits}):
+        try:
+            _fs.fsync_dir(repo.path / "objects" / sub)
+        except FileNotFoundError:
+            pass
 
 
 def _sync_index(repo: Repo) -> None:
