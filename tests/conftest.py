@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from support import (  # noqa: E402
     make_ostreefs,
 )
 from support import rev_parse as rev_parse  # noqa: E402  (re-exported helper)
+from treegen import make_tree  # noqa: E402
 
 __all__ = ["rev_parse"]
 
@@ -60,3 +62,21 @@ def _umask() -> object:
 def tool(request: pytest.FixtureRequest) -> Tool:
     """Each of the two tools in turn (for tests whose body is tool-agnostic)."""
     return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, str], Path]:
+    """Generated trees by (seed, size), made once per test module under umask 022."""
+    cache: dict[tuple[int, str], Path] = {}
+
+    def get(seed: int, size: str) -> Path:
+        if (seed, size) not in cache:
+            old = os.umask(0o022)
+            try:
+                base = tmp_path_factory.mktemp(f"tree-{seed}-{size}")
+                cache[seed, size] = make_tree(base / "src", seed, size)
+            finally:
+                os.umask(old)
+        return cache[seed, size]
+
+    return get

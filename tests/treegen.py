@@ -334,3 +334,14 @@ def mutate_tree(path: str | os.PathLike[str], seed: int, fraction: float = 0.1) 
         if not g.exists():
             g.write_bytes(_content(rng, rng.randrange(0, 50000)))
             os.chmod(g, 0o644)
+
+
+def hardlink_groups(root: Path) -> set[frozenset[str]]:
+    """Sets of non-directory paths sharing an inode, ignoring singletons."""
+    by_ino: dict[tuple[int, int], set[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            by_ino.setdefault((st.st_dev, st.st_ino), set()).add(os.path.relpath(p, root))
+    return {frozenset(v) for v in by_ino.values() if len(v) > 1}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import TS_ARG, UTF8, Tool, assert_clean_failure, init_repo
-from treegen import diff_snapshots, make_tree, snapshot
+from treegen import diff_snapshots, hardlink_groups, make_tree, snapshot
 
 MODES = ["bare", "bare-user", "bare-user-only", "archive"]
 FLAGS = [(), ("-U",), ("--force-copy",), ("-U", "--force-copy")]
@@ -33,15 +33,6 @@ def real_dirs(root: Path) -> list[Path]:
                   if not (Path(dp) / d).is_symlink())
 
 
-def hardlink_groups(root: Path) -> set[frozenset[str]]:
-    """Sets of paths sharing an inode (within the tree), ignoring singletons."""
-    by_ino: dict[tuple[int, int], set[str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            by_ino.setdefault((st.st_dev, st.st_ino), set()).add(os.path.relpath(p, root))
-    return {frozenset(v) for v in by_ino.values() if len(v) > 1}
 
 
 def assert_same_tree(a: Path, b: Path, xattrs: bool = True) -> None:

@@ -26,27 +26,12 @@ from support import (
     objects_snapshot,
     rev_parse,
 )
-from treegen import canonicalize, diff_snapshots, make_tree, snapshot
+from treegen import canonicalize, diff_snapshots, snapshot
 
 MODES = ["bare", "bare-user", "bare-user-only", "archive"]
 TREE_CASES = [(1, "small"), (2, "small"), (3, "medium")]
 
 
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, str], Path]:
-    cache: dict[tuple[int, str], Path] = {}
-
-    def get(seed: int, size: str) -> Path:
-        if (seed, size) not in cache:
-            old = os.umask(0o022)
-            try:
-                base = tmp_path_factory.mktemp(f"tree-{seed}-{size}")
-                cache[seed, size] = make_tree(base / "src", seed, size)
-            finally:
-                os.umask(old)
-        return cache[seed, size]
-
-    return get
 
 
 def _co(ostree: Tool, repo: Path, ref: str, dest: Path) -> dict:  # type: ignore[type-arg]

@@ -34,7 +34,7 @@ from support import (
     commit_checksum,
     init_repo,
 )
-from treegen import diff_snapshots, make_tree, snapshot
+from treegen import diff_snapshots, snapshot
 
 GNU_TAR = ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner"]
 
@@ -42,21 +42,6 @@ GNU_TAR = ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner"]
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def trees(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, str], Path]:
-    cache: dict[tuple[int, str], Path] = {}
-
-    def get(seed: int, size: str) -> Path:
-        if (seed, size) not in cache:
-            old = os.umask(0o022)
-            try:
-                base = tmp_path_factory.mktemp(f"tartree-{seed}-{size}")
-                cache[seed, size] = make_tree(base / "src", seed, size)
-            finally:
-                os.umask(old)
-        return cache[seed, size]
-
-    return get
 
 
 def _gnu_tar(src: Path, dest: Path, compress: str = "") -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from support import UTF8, tool_env
+from treegen import hardlink_groups  # noqa: F401 - re-exported for the mount tests
 
 from ostreefs.mount.fuse import is_ostreefs_mount
 from ostreefs.mount.vfs import ROOT_INO, CommitVFS
@@ -79,15 +80,6 @@ def find_lines(root: Path, fmt: str) -> list[str]:
     return sorted(x.decode("utf-8", "surrogateescape") for x in out.split(b"\0") if x)
 
 
-def hardlink_groups(root: Path) -> set[frozenset[str]]:
-    """Sets of non-directory paths sharing an inode, ignoring singletons."""
-    by_ino: dict[tuple[int, int], set[str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            by_ino.setdefault((st.st_dev, st.st_ino), set()).add(os.path.relpath(p, root))
-    return {frozenset(v) for v in by_ino.values() if len(v) > 1}
 
 
 def vfs_hardlinks(vfs: CommitVFS) -> tuple[set[frozenset[str]], dict[str, int]]:
