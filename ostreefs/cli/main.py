@@ -51,6 +51,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("Write a commit as a tar stream", "cmd_export:setup"),
     "mount": ("Mount a commit read-only (FUSE)", "cmd_mount:setup"),
     "umount": ("Unmount an ostreefs mount", "cmd_umount:setup"),
+    "remote": ("Manage remote repositories", "cmd_remote:setup"),
+    "pull": ("Download commits from a remote repository over HTTP(S)", "cmd_pull:setup"),
+    "gpg-sign": ("Sign a commit with GPG", "cmd_gpg:setup_gpg_sign"),
+    "summary": ("Update or show the repository summary", "cmd_summary:setup"),
+    "serve": ("Serve a repository over HTTP, read-only (for trying pulls locally)",
+              "cmd_serve:setup"),
+    "admin": ("Manage a sysroot: deploy, upgrade, roll back", "cmd_admin:setup"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Replication: remotes over HTTP(S), pulled incrementally and verified (trio + httpx)."""
