@@ -98,5 +98,7 @@ def _verkey(s: str) -> tuple[tuple[int, int | str], ...]:
 
 def sort_entries(entries: list[BootEntry]) -> list[BootEntry]:
     """Entries in deployment-index order: highest ``version`` first, as readers sort them."""
-    return sorted(entries, key=functools.cmp_to_key(
-        lambda x, y: -strverscmp(x.version, y.version)))
+    def cmp(x: BootEntry, y: BootEntry) -> int:
+        return -strverscmp(x.version, y.version)
+
+    return sorted(entries, key=functools.cmp_to_key(cmp))
