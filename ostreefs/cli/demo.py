@@ -45,6 +45,33 @@ def _ostree(*argv: str) -> None:
     subprocess.run(["ostree", *argv], check=True)
 
 
+def _shell(*argv: str) -> None:
+    print(f"\n$ {' '.join(argv)}", flush=True)
+    subprocess.run(argv, check=True)
+
+
+def _mount_and_read(work: Path, r: str) -> None:
+    """Show the commit as a live read-only tree, without checking it out."""
+    if not os.path.exists("/dev/fuse"):
+        print("\n(no /dev/fuse on this machine: the mount step is skipped)")
+        return
+    mnt = work / "mnt"
+    mnt.mkdir()
+    _run("mount", r, "demo/os", str(mnt))
+    try:
+        _shell("ls", "-lR", str(mnt / "usr"))
+        _shell("cat", str(mnt / "etc/motd"))
+        _shell("sh", str(mnt / "usr/bin/hello"))
+        _shell("sha256sum", str(mnt / "usr/lib/big.bin"))
+        print(f"\n$ echo x > {mnt}/etc/motd", flush=True)
+        try:
+            (mnt / "etc/motd").write_text("x")
+        except OSError as e:
+            print(f"refused, as it should be: {e.strerror}")
+    finally:
+        _run("umount", str(mnt))
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ostreefs-demo-") as d:
         work = Path(d)
@@ -67,6 +94,7 @@ def main() -> int:
         _run("fsck", r)
         _ostree("fsck", r)
         _ostree("log", r, "demo/os")
+        _mount_and_read(work, r)
         print("\nDemo complete: ostreefs wrote an OSTree repository that ostree verifies.")
     return 0
 
