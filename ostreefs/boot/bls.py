@@ -45,13 +45,14 @@ class BootEntry:
     def format(self) -> str:
         """The entry file's text, keys in the order ostree writes them."""
         lines = [f"title {self.title}", f"version {self.version}",
-                 f"options {self.options}", f"linux {self.linux}"]
-        if self.initrd is not None:
-            lines.append(f"initrd {self.initrd}")
+                 f"options {self.options}"]
         if self.devicetree is not None:
             lines.append(f"devicetree {self.devicetree}")
         if self.fdtdir is not None:
             lines.append(f"fdtdir {self.fdtdir}")
+        lines.append(f"linux {self.linux}")
+        if self.initrd is not None:
+            lines.append(f"initrd {self.initrd}")
         lines.extend(f"{k} {v}" for k, v in self.extra)
         return "\n".join(lines) + "\n"
 
