@@ -52,6 +52,9 @@ def setup(p: argparse.ArgumentParser) -> Handler:
            "repos (where this keeps the objects' metadata, as ostree does)")
     a("--no-stat-cache", action="store_true",
       help="hash every file even if the stat cache knows it")
+    a("--gpg-sign", action="append", default=[], metavar="KEY-ID",
+      help="GPG key ID to sign the commit with (repeatable)")
+    a("--gpg-homedir", metavar="HOMEDIR", help="GPG homedir holding the signing keys")
     a("--table-output", action="store_true", help="print a summary table")
     a("--json", action="store_true", help="print the result as JSON")
     return run
@@ -106,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         repo, owner_uid=args.owner_uid, owner_gid=args.owner_gid,
         canonical_permissions=args.canonical_permissions, no_xattrs=args.no_xattrs)
     opts = _options(args, modifier)
+    if args.gpg_sign:
+        from ostreefs.store.gpg import sign_commit
+
+        keys, home = list(args.gpg_sign), args.gpg_homedir
+        opts.before_ref = lambda checksum: sign_commit(repo, checksum, keys, home)
     res = commit(repo, _sources(args), opts)
     s = res.stats
     if args.json:

@@ -13,6 +13,7 @@ from ostreefs.store.gvtext import format_value
 from ostreefs.store.history import LogEntry, iter_log
 from ostreefs.store.objects import Commit
 from ostreefs.store.refs import RefSpec, read_reflog, rev_parse
+from ostreefs.store.repo import Repo
 
 
 def setup_log(p: argparse.ArgumentParser) -> Handler:
@@ -30,6 +31,10 @@ def setup_show(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--print-metadata-key", metavar="KEY", help="print one metadata value")
     p.add_argument("--print-detached-metadata-key", metavar="KEY",
                    help="print one detached metadata value")
+    p.add_argument("--gpg-homedir", metavar="HOMEDIR",
+                   help="also trust the *.gpg keyrings in HOMEDIR when checking signatures")
+    p.add_argument("--gpg-verify-remote", metavar="REMOTE",
+                   help="check signatures with the keys trusted for REMOTE")
     p.add_argument("--json", action="store_true", help="print JSON")
     return run_show
 
@@ -135,6 +140,22 @@ def run_show(args: argparse.Namespace) -> int:
     if args.raw:
         print(f"commit {csum}")
         print(_raw(c), end="")
-        return 0
-    print(_block(csum, c), end="")
+    else:
+        print(_block(csum, c), end="")
+    _print_signatures(repo, csum, args)
     return 0
+
+
+def _print_signatures(repo: Repo, csum: str, args: argparse.Namespace) -> None:
+    """The signature block ostree prints after a commit that has signatures."""
+    import os
+
+    from ostreefs.cli.cmd_gpg import format_verify_result
+    from ostreefs.store import gpg
+
+    if not gpg.commit_signatures(repo.read_detached_metadata(csum)):
+        return
+    result = gpg.verify_commit(
+        repo, csum, args.gpg_verify_remote, keyring_dir=args.gpg_homedir,
+        global_keyring_dir=os.environ.get("OSTREE_GPG_HOME", gpg.GLOBAL_KEYRING_DIR))
+    print(format_verify_result(result), end="")

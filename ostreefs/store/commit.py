@@ -152,6 +152,9 @@ class CommitOptions:
     threads: int | None = None
     #: ``--tar-autocreate-parents``: create directories a tar names only implicitly.
     tar_autocreate_parents: bool = False
+    #: Called with the new commit's checksum before the branch moves (GPG signing), so
+    #: a failure there leaves the branch where it was.
+    before_ref: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -467,6 +470,8 @@ def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
             raise
         if opts.detached_metadata:
             repo.write_detached_metadata(checksum, tuple(opts.detached_metadata))
+        if opts.before_ref is not None:
+            opts.before_ref(checksum)
         if branch is not None:
             set_ref(repo, branch, checksum, fsync=opts.fsync, reason="commit")
         _update_index(repo, written, writer.cache_puts, txn.inodes)
