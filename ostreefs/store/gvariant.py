@@ -107,7 +107,7 @@ def _parse_one(sig: str, depth: int) -> tuple[GVariantType, str]:
             if ch.fixed_size is None:
                 fixed = None
                 break
-            fixed = _align(fixed or 0, ch.align) + ch.fixed_size  # type: ignore[operator]
+            fixed = _align(fixed or 0, ch.align) + ch.fixed_size
         if fixed is not None:
             fixed = _align(fixed, align) if children else 1
         return GVariantType(text, c, tuple(children), align, fixed), rest
