@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(rep.partial_commits)} partial commits not verified")
     if not rep.ok:
         n = len(rep.problems) + len(rep.ref_problems)
-        if rep.partial_commits and not n:
-            print(f"error: {len(rep.partial_commits)} partial commits from fsck-detected "
+        if rep.fsck_partial_commits and not n:
+            print(f"error: {len(rep.fsck_partial_commits)} partial commits from fsck-detected "
                   "corruption", file=sys.stderr)
         else:
             print(f"error: Repository corruption encountered ({n} problems)",

@@ -54,9 +54,14 @@ class FsckReport:
     index_repairs: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
+    #: Partial commits whose objects a ``fsck --delete`` removed (marker holds ``f``).
+    #: Only these fail the check, as with ostree: a partial commit left by an
+    #: interrupted or refused pull is incomplete, not corrupt.
+    fsck_partial_commits: list[str] = field(default_factory=list)
+
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.ref_problems and not self.partial_commits
+        return not self.problems and not self.ref_problems and not self.fsck_partial_commits
 
 
 def verify_object(repo: Repo, checksum: str, otype: ObjectType) -> str | None:
@@ -196,8 +201,11 @@ def fsck(repo: Repo, delete: bool = False, threads: int | None = None,
         rep.commits = len(commits)
         reach: dict[tuple[str, ObjectType], tuple[list[str], str]] = {}
         for cid in sorted(commits):
-            if (repo.path / "state" / f"{cid}.commitpartial").exists():
+            marker = repo.path / "state" / f"{cid}.commitpartial"
+            if marker.exists():
                 rep.partial_commits.append(cid)
+                if b"f" in marker.read_bytes():
+                    rep.fsck_partial_commits.append(cid)
                 continue
             try:
                 c = repo.load_commit(cid)
