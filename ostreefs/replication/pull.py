@@ -201,6 +201,9 @@ class _Pull:
         summary_refs = state.refs
         if self.names is None:
             assert summary_refs is not None
+            for n in summary_refs:
+                # The server chooses these names; one like ../../x would be a path.
+                validate_ref_name(n, f"{n!r} (a ref named by the remote's summary)")
             return [(n, c) for n, c in sorted(summary_refs.items())]
         out: list[tuple[str, str | None]] = []
         for name in self.names:

@@ -131,6 +131,12 @@ def set_ref(repo: Repo, spec: RefSpec | str, commit: str | None, *,
     """Point a ref at ``commit`` (or delete it when None), atomically, and log the move."""
     if isinstance(spec, str):
         spec = RefSpec.parse(spec)
+    else:
+        # Names may come from a server's summary: never let one become a path out of
+        # refs/ (``../``, ``/``), whoever built the RefSpec.
+        validate_ref_name(spec.name, str(spec))
+        if spec.remote is not None and not _COMPONENT.match(spec.remote):
+            raise InvalidRef(str(spec))
     if commit is not None and not is_checksum(commit):
         raise MalformedData("checksum", f"{commit!r} is not a SHA-256 in hex")
     path = repo.path / spec.relpath()

@@ -255,3 +255,27 @@ def test_tampered_signed_summary(tmp_path: Path, ostree: Tool, ostreefs: Tool,
     server = nginx(repo)
     _check_gpg(ostree, ostreefs, tmp_path, server.url, signing_key,
                "signature", "gpg", "summary", sets=("gpg-verify-summary=true",))
+
+
+@pytest.mark.parametrize("evil", ["../../../../ESCAPE", "heads/../../ESCAPE"])
+def test_mirror_refuses_summary_ref_that_escapes(tmp_path: Path, ostree: Tool,
+                                                  ostreefs: Tool, served: Path,
+                                                  good: tuple[Path, str],
+                                                  nginx: NginxFactory, evil: str) -> None:
+    """A whole-repo mirror takes ref names from the server's summary: a name that is a
+    path out of refs/ (the server's choice) is refused before anything is written."""
+    from ostreefs.store.objects import Summary, SummaryRef
+
+    summary = Summary.from_bytes((served / "summary").read_bytes())
+    target = tmp_path / "client" / "refs" / "heads" / evil.replace("ESCAPE", "")
+    landing = (target / "pwned").resolve()
+    name = evil.replace("ESCAPE", "pwned")
+    bad = SummaryRef(name, good[1], summary.refs[0].size, summary.refs[0].metadata)
+    (served / "summary").write_bytes(Summary(summary.refs + (bad,), summary.metadata).to_bytes())
+    server = nginx(served)
+    client = make_client(ostreefs, tmp_path / "client", server.url)
+    before = refs_of(client)
+    proc = pull(ostreefs, client, "--mirror", "origin")
+    assert_refused(proc, client, before, ostree, ostreefs, "invalid ref")
+    assert not landing.exists(), f"a ref was written outside the repo: {landing}"
+    assert not list(tmp_path.rglob("pwned")), "a file named by the server was written"
