@@ -125,6 +125,31 @@ def test_signed_commit_and_summary(tmp_path: Path, ostree: Tool, ostreefs: Tool,
     assert_fsck_ok(ostree, ostreefs, client)
 
 
+@pytest.mark.parametrize("builder", ["ostreefs", "ostree"])
+def test_each_tool_pulls_the_others_signed_repo(tmp_path: Path, ostree: Tool,
+                                                ostreefs: Tool, nginx: NginxFactory,
+                                                signing_key: object, builder: str) -> None:
+    """One tool builds and signs (commit and summary) an archive repo served by nginx;
+    the other pulls it with gpg-verify and gpg-verify-summary on; ostree fsck passes."""
+    key = signing_key
+    home, key_id, pub = key.home, key.key_id, key.public_gpg  # type: ignore[attr-defined]
+    maker, puller = (ostreefs, ostree) if builder == "ostreefs" else (ostree, ostreefs)
+    sign = (f"--gpg-sign={key_id}", f"--gpg-homedir={home}")
+    repo, commit = make_server_repo(maker, tmp_path / "served", small_tree(tmp_path, 47),
+                                    "main", *sign)
+    maker("summary", "-u", f"--repo={repo}", *sign)
+    assert (repo / "summary.sig").exists()
+    server = nginx(repo)
+    client = make_client(puller, tmp_path / "client", server.url,
+                         "gpg-verify-summary=true", gpg_import=pub)
+    proc = pull(puller, client, "origin", "main")
+    assert proc.returncode == 0, proc.stderr
+    assert refs_of(client) == {"refs/remotes/origin/main": commit}
+    assert_fsck_ok(ostree, ostreefs, client)
+    shown = ostree("show", f"--repo={client}", "--gpg-verify-remote=origin", commit).stdout
+    assert "Good signature" in shown, shown
+
+
 def test_incremental_pull_fetches_only_new_objects(tmp_path: Path, ostree: Tool,
                                                     ostreefs: Tool,
                                                     nginx: NginxFactory) -> None:
