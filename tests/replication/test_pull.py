@@ -360,3 +360,30 @@ def test_library_progress_and_result(tmp_path: Path, ostreefs: Tool,
     assert seen[-1].fetched == res.metadata_fetched + res.content_fetched
     assert res.content_fetched == len([p for p in _fetched(server) if p.endswith(".filez")])
     assert res.bytes_transferred > 0
+
+
+def test_contenturl_splits_metadata_and_content_servers(
+        tmp_path: Path, ostree: Tool, ostreefs: Tool, nginx: NginxFactory,
+        ostree_served: tuple[Path, str]) -> None:
+    """With contenturl set, each server sees the same requests from ostreefs as from
+    ostree: refs/summary/config from url, objects from contenturl."""
+    repo, commit = ostree_served
+    seen: dict[str, tuple[set[str], set[str]]] = {}
+    for tool in (ostree, ostreefs):
+        meta, content = nginx(repo), nginx(repo)
+        client = make_client(tool, tmp_path / f"client-{tool.name}", meta.url)
+        tool("remote", "delete", f"--repo={client}", "origin")
+        tool("remote", "add", f"--repo={client}", "--no-gpg-verify",
+             f"--contenturl={content.url}", "origin", meta.url)
+        proc = pull(tool, client, "origin", "main")
+        assert proc.returncode == 0, proc.stderr
+        assert refs_of(client) == {"refs/remotes/origin/main": commit}
+        seen[tool.name] = ({p for p in meta.paths(status=200)},
+                           {p for p in content.paths(status=200)})
+    ours, theirs = seen["ostreefs"], seen["ostree"]
+    assert any(p.startswith("/objects/") for p in ours[1]), ours
+    assert not any(p.startswith("/objects/") for p in ours[0]), ours
+    assert {p for p in ours[1] if p.startswith("/objects/")} == \
+        {p for p in theirs[1] if p.startswith("/objects/")}
+    assert {p for p in ours[0] if p.startswith("/objects/")} == \
+        {p for p in theirs[0] if p.startswith("/objects/")}
