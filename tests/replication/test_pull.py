@@ -387,3 +387,34 @@ def test_contenturl_splits_metadata_and_content_servers(
         {p for p in theirs[1] if p.startswith("/objects/")}
     assert {p for p in ours[0] if p.startswith("/objects/")} == \
         {p for p in theirs[0] if p.startswith("/objects/")}
+
+
+def test_progress_on_a_terminal_only(tmp_path: Path, ostree: Tool, ostreefs: Tool,
+                                     nginx: NginxFactory,
+                                     ostree_served: tuple[Path, str]) -> None:
+    """On a terminal the pull redraws a progress line; piped, it prints none."""
+    import pty
+    import subprocess
+
+    server = nginx(ostree_served[0], requests_per_second=100)  # a pull of about a second
+    client = make_client(ostreefs, tmp_path / "tty", server.url)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([*ostreefs.argv0, "pull", f"--repo={client}", "origin", "main"],
+                            stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True)
+    os.close(terminal)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(controller)
+    assert proc.wait(timeout=120) == 0, out
+    text = out.decode(errors="replace")
+    assert "Receiving objects:" in text and "\r" in text, text
+    piped = make_client(ostreefs, tmp_path / "piped", server.url)
+    proc2 = pull(ostreefs, piped, "origin", "main")
+    assert proc2.returncode == 0 and "Receiving objects" not in proc2.stderr, proc2.stderr
