@@ -389,11 +389,17 @@ class Walk:
         self._request_dirmeta(checksum)
 
     def _request_dirmeta(self, checksum: str) -> None:
+        self._request_meta(checksum, ObjectType.DIR_META, self._got_dirmeta)
+
+    def _request_meta(self, checksum: str, otype: ObjectType,
+                      done: Callable[[Request, Response], None]) -> None:
         self.stats.metadata_requested += 1
-        self._fetch(f"objects/{checksum[:2]}/{checksum[2:]}.dirmeta", 0, self._got_dirmeta,
+        self._fetch(f"objects/{checksum[:2]}/{checksum[2:]}.{otype.value}", 0, done,
                     data=checksum)
 
-    def _got_dirmeta(self, req: Request, resp: Response) -> None:
+    def _got_meta(self, req: Request, resp: Response, otype: ObjectType,
+                  then: Callable[[str, bytes], None]) -> None:
+        """A dirtree or dirmeta answer: verified against its name, parsed, then stored."""
         try:
             if self._redirected(req, resp):
                 return
@@ -401,17 +407,22 @@ class Walk:
             assert isinstance(checksum, str)
             if resp.status != 200 or resp.body is None:
                 raise self._status_error(req, resp)
-            data = resp.body
-            verify_metadata(checksum, ObjectType.DIR_META, data)
+            verify_metadata(checksum, otype, resp.body)
+            then(checksum, resp.body)
+        except Exception as e:
+            self.fail(e)
+        finally:
+            self._end()
+
+    def _got_dirmeta(self, req: Request, resp: Response) -> None:
+        def store(checksum: str, data: bytes) -> None:
             try:
                 DirMeta.from_bytes(data)
             except MalformedData as e:
                 raise CorruptObject(checksum, "dirmeta", e.args[1]) from None
             self._store_meta(checksum, ObjectType.DIR_META, data)
-        except Exception as e:
-            self.fail(e)
-        finally:
-            self._end()
+
+        self._got_meta(req, resp, ObjectType.DIR_META, store)
 
     def _store_meta(self, checksum: str, otype: ObjectType, data: bytes) -> None:
         self.stats.metadata_fetched += 1
@@ -464,27 +475,15 @@ class Walk:
             self._scan(checksum, tree, path)
 
     def _request_dirtree(self, checksum: str) -> None:
-        self.stats.metadata_requested += 1
-        self._fetch(f"objects/{checksum[:2]}/{checksum[2:]}.dirtree", 0, self._got_dirtree,
-                    data=checksum)
+        self._request_meta(checksum, ObjectType.DIR_TREE, self._got_dirtree)
 
     def _got_dirtree(self, req: Request, resp: Response) -> None:
-        try:
-            if self._redirected(req, resp):
-                return
-            checksum = req.data
-            assert isinstance(checksum, str)
-            if resp.status != 200 or resp.body is None:
-                raise self._status_error(req, resp)
-            data = resp.body
-            verify_metadata(checksum, ObjectType.DIR_TREE, data)
+        def store(checksum: str, data: bytes) -> None:
             tree = _parse_tree(checksum, data)
             self._store_meta(checksum, ObjectType.DIR_TREE, data)
             self._scan_waiters(checksum, tree)
-        except Exception as e:
-            self.fail(e)
-        finally:
-            self._end()
+
+        self._got_meta(req, resp, ObjectType.DIR_TREE, store)
 
     def _scan(self, checksum: str, tree: DirTree, path: str) -> None:
         subs = self._subs
