@@ -2,8 +2,9 @@
 
 HTTP/2 multiplexes many requests on one connection, so a server that offers it gets
 all of a pull's object requests on a single connection, up to the number of concurrent
-streams it allows. Framing and header compression are the ``h2`` library's; this module
-only maps the pool's requests onto streams and streams back onto responses. Header
+streams it allows. Framing is the ``h2`` library's; this module maps the pool's
+requests onto streams and streams back onto responses, and codes header blocks itself
+(hpack's pure-Python coder cost more than anything else on the connection). Header
 validation is left off: the only headers read are ``:status`` and ``location``, and
 every body is verified by checksum anyway.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,9 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.exceptions
+import hpack.huffman_table
+import hpack.table
 import trio
 
 from ostreefs import _fs
@@ -30,6 +35,174 @@ if TYPE_CHECKING:
 
 _WINDOW = 1 << 24
 _MAX_STREAMS = 100
+_STATIC = hpack.table.HeaderTable.STATIC_TABLE
+
+
+class _Encoder:
+    """Request header blocks without compression state, in place of ``hpack.Encoder``.
+
+    hpack's encoder searches its tables and Huffman-codes every value, which costs a
+    pull more than sending the request does; a request here is a few fixed headers
+    and a path. So every field is sent as a literal that is never added to the
+    dynamic table, whose size is set to 0 once, up front: the server then keeps
+    nothing for us, whatever table size it allows later.
+    """
+
+    def __init__(self) -> None:
+        self.header_table_size = 0  # set by h2 from the server's settings; unused
+        self._first = True
+        self._names = {name: i + 1 for i, (name, _) in reversed(list(enumerate(_STATIC)))}
+
+    def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        out = bytearray()
+        if self._first:
+            out.append(0x20)  # dynamic table size update: 0
+            self._first = False
+        for name, value in headers:
+            index = self._names.get(name, 0)
+            if index < 15:
+                out.append(index)
+            else:
+                out += _int(index, 4, 0)
+            if index == 0:
+                out += _int(len(name), 7, 0)
+                out += name
+            out += _int(len(value), 7, 0)
+            out += value
+        return bytes(out)
+
+
+def _int(value: int, prefix: int, flags: int) -> bytes:
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes((flags | value,))
+    out = bytearray((flags | limit,))
+    value -= limit
+    while value >= 128:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class _Decoder:
+    """Response header blocks, in place of ``hpack.Decoder``.
+
+    nginx sends every response's nine or so headers as Huffman-coded literals to be
+    indexed, and hpack decodes them in Python, a sixth of a pull's event-loop time.
+    Most values repeat from one response to the next (server, date, content type,
+    cache control), so decoded strings are remembered; the dynamic table is kept
+    exactly, since a server may refer to it.
+    """
+
+    def __init__(self) -> None:
+        self.max_header_list_size = 1 << 16
+        self.max_allowed_table_size = 4096
+        self._maxsize = 4096
+        self._size = 0
+        self._table: deque[tuple[bytes, bytes]] = deque()
+        self._huff: dict[bytes, bytes] = {}
+
+    @property
+    def header_table_size(self) -> int:
+        return self._maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._maxsize = value
+        self._shrink()
+
+    def _shrink(self) -> None:
+        table = self._table
+        while self._size > self._maxsize and table:
+            name, value = table.pop()
+            self._size -= len(name) + len(value) + 32
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index <= len(_STATIC):
+            return _STATIC[index - 1]
+        i = index - len(_STATIC) - 1
+        if 0 <= i < len(self._table):
+            return self._table[i]
+        raise hpack.exceptions.InvalidTableIndex(f"Invalid table index {index}")
+
+    def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:
+        headers: list[tuple[bytes, bytes]] = []
+        pos = 0
+        end = len(data)
+        total = 0
+        while pos < end:
+            b = data[pos]
+            if b & 0x80:
+                index, pos = _read_int(data, pos, 7)
+                header = self._entry(index)
+            elif b & 0x20 and not b & 0x40:
+                size, pos = _read_int(data, pos, 5)
+                if size > self.max_allowed_table_size:
+                    raise hpack.exceptions.InvalidTableSizeError(
+                        f"Table size update to {size} exceeds {self.max_allowed_table_size}")
+                self.header_table_size = size
+                continue
+            else:
+                add = bool(b & 0x40)
+                index, pos = _read_int(data, pos, 6 if add else 4)
+                if index:
+                    name = self._entry(index)[0]
+                else:
+                    name, pos = self._string(data, pos)
+                value, pos = self._string(data, pos)
+                header = (name, value)
+                if add:
+                    size = len(name) + len(value) + 32
+                    if size > self._maxsize:
+                        self._table.clear()
+                        self._size = 0
+                    else:
+                        self._table.appendleft(header)
+                        self._size += size
+                        self._shrink()
+            total += len(header[0]) + len(header[1]) + 32
+            if total > self.max_header_list_size:
+                raise hpack.exceptions.OversizedHeaderListError(
+                    f"A header list larger than {self.max_header_list_size} bytes")
+            headers.append(header)
+        return headers
+
+    def _string(self, data: bytes, pos: int) -> tuple[bytes, int]:
+        huffman = data[pos] & 0x80
+        length, pos = _read_int(data, pos, 7)
+        stop = pos + length
+        if stop > len(data):
+            raise hpack.exceptions.HPACKDecodingError("Truncated header string")
+        raw = data[pos:stop]
+        if not huffman:
+            return raw, stop
+        value = self._huff.get(raw)
+        if value is None:
+            value = hpack.huffman_table.decode_huffman(raw)
+            if len(self._huff) >= 4096:
+                self._huff.clear()
+            self._huff[raw] = value
+        return value, stop
+
+
+def _read_int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
+    """An HPACK integer with a ``prefix``-bit first byte at ``pos``; and the end."""
+    limit = (1 << prefix) - 1
+    value = data[pos] & limit
+    pos += 1
+    if value < limit:
+        return value, pos
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 28:
+            raise hpack.exceptions.HPACKDecodingError("Malformed header integer")
+        b = data[pos]
+        pos += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
 
 
 @dataclass(eq=False)
@@ -54,6 +227,8 @@ class H2Session:
             normalize_inbound_headers=False, validate_outbound_headers=False,
             normalize_outbound_headers=False)
         self.h2 = h2.connection.H2Connection(cfg)
+        self.h2.encoder = _Encoder()  # type: ignore[assignment]
+        self.h2.decoder = _Decoder()  # type: ignore[assignment]
         self.streams: dict[int, _Stream] = {}
         self.send_lock = trio.Lock()
         self.scope: trio.CancelScope | None = None
@@ -94,6 +269,9 @@ class H2Session:
         self.pool._requeue(reqs)
 
     async def _flush(self) -> None:
+        # Frames must go out in the order h2 made them (stream ids rise): a free trio
+        # lock is taken without yielding and a held one is handed over first come,
+        # first served, so taking the data before the lock keeps that order.
         data = self.h2.data_to_send()
         if data:
             async with self.send_lock:
@@ -101,6 +279,20 @@ class H2Session:
 
     def _limit(self) -> int:
         return max(1, min(_MAX_STREAMS, self.h2.remote_settings.max_concurrent_streams))
+
+    def _ready(self) -> bool:
+        """Whether to open streams now: requests wait and a batch of them fits.
+
+        Streams are opened in batches of a quarter of the limit (or all that wait),
+        so that one write carries many requests instead of one each time a response
+        ends.
+        """
+        pool = self.pool
+        queued = pool._queued()
+        if not queued or pool._paused:
+            return False
+        limit = self._limit()
+        return limit - len(self.streams) >= min(queued, max(1, limit // 4))
 
     def _fill(self) -> None:
         """Open streams for queued requests, as many as the server allows."""
@@ -124,7 +316,7 @@ class H2Session:
         """Send requests queued while the receiver waits (it fills after each read)."""
         pool = self.pool
         while not self.done:
-            if pool._paused or not pool._queued() or len(self.streams) >= self._limit():
+            if not self._ready():
                 await pool._lot.park()
                 continue
             self._fill()
@@ -135,22 +327,30 @@ class H2Session:
 
     async def _receiver(self) -> None:
         pool = self.pool
+        # One cancel scope for the connection, its deadline moved before each read:
+        # entering a new one per read costs more than the read.
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            try:
+                await self._receive_loop(scope)
+            finally:
+                self.scope = None
+        if scope.cancelled_caught:
+            first = self.streams[min(self.streams)].req if self.streams else None
+            what = pool.origin.url(first.path) if first else pool.origin.netloc
+            err = FetchTimeout(f"Timed out after {pool.timeout:g} seconds without data "
+                               f"from the server while fetching {what}")
+            if first is not None:
+                self._requeue_all(failed=first)
+                first.on_error(first, err)
+
+    async def _receive_loop(self, scope: trio.CancelScope) -> None:
+        pool = self.pool
+        receive = self.stream.receive_some
         while True:
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                scope.deadline = (trio.current_time() + pool.timeout if self.streams
-                                  else math.inf)
-                data = await self.stream.receive_some(1 << 18)
-            self.scope = None
-            if scope.cancelled_caught:
-                first = self.streams[min(self.streams)].req if self.streams else None
-                what = pool.origin.url(first.path) if first else pool.origin.netloc
-                err = FetchTimeout(f"Timed out after {pool.timeout:g} seconds without data "
-                                   f"from the server while fetching {what}")
-                if first is not None:
-                    self._requeue_all(failed=first)
-                    first.on_error(first, err)
-                return
+            scope.deadline = (trio.current_time() + pool.timeout if self.streams
+                              else math.inf)
+            data = await receive(1 << 18)
             if not data:
                 self._lost("the server closed the connection")
                 return
@@ -163,6 +363,10 @@ class H2Session:
             for ev in events:
                 if not self._event(ev):
                     return
+            # Replace the streams that ended with new requests in the same write as
+            # any window updates: one send per batch, not one per response.
+            if self._ready():
+                self._fill()
             await self._flush()
 
     def _lost(self, why: str) -> None:
@@ -181,7 +385,12 @@ class H2Session:
 
     def _event(self, ev: object) -> bool:
         pool = self.pool
-        if isinstance(ev, h2.events.ResponseReceived):
+        if isinstance(ev, h2.events.DataReceived):  # the commonest first
+            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            st = self.streams.get(ev.stream_id)
+            if st is not None and ev.data:
+                self._add_data(st, ev.data)
+        elif isinstance(ev, h2.events.ResponseReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 for k, v in ev.headers or ():
@@ -189,11 +398,6 @@ class H2Session:
                         st.status = int(v)
                     elif k == b"location":
                         st.location = bytes(v).decode("latin-1")
-        elif isinstance(ev, h2.events.DataReceived):
-            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            st = self.streams.get(ev.stream_id)
-            if st is not None and ev.data:
-                self._add_data(st, ev.data)
         elif isinstance(ev, h2.events.StreamEnded):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
@@ -237,7 +441,6 @@ class H2Session:
             body = None
         else:
             body = b"".join(st.chunks)
-        self.pool._lot.unpark_all()
         st.req.on_done(st.req, Response(st.status, body, st.spill_path, st.location, st.size))
 
 
