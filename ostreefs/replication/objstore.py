@@ -222,15 +222,8 @@ class ContentStager:
             _fs.write_all(fd, block)
         txn = self.txn
         assert txn is not None
-        if self.mode is RepoMode.BARE_USER:
-            # As the Transaction finishes a bare-user file, with the xattr value cached.
-            os.fchmod(fd, (stat.S_IMODE(header.mode) & 0o775) | 0o400)
-            os.setxattr(fd, OSTREEMETA_XATTR, self.headers.bareuser_meta(header))
-            os.utime(fd, ns=(0, 0))
-            if txn.fsync and txn.repo.per_object_fsync:
-                os.fsync(fd)
-        else:
-            txn._finish_content_fd(fd, header)
+        meta = self.headers.bareuser_meta(header) if self.mode is RepoMode.BARE_USER else None
+        txn._finish_content_fd(fd, header, meta)
 
     def _stage_symlink(self, checksum: str, header: FileHeader) -> None:
         txn = self.txn

@@ -296,8 +296,13 @@ class Transaction:
     def _open_content_tmp(self, tmp: str | Path) -> int:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
-    def _finish_content_fd(self, fd: int, header: FileHeader) -> None:
-        """Apply the mode's owner, permissions, xattrs and mtime to a staged file."""
+    def _finish_content_fd(self, fd: int, header: FileHeader,
+                           bareuser_meta: bytes | None = None) -> None:
+        """Apply the mode's owner, permissions, xattrs and mtime to a staged file.
+
+        ``bareuser_meta``: the header's ``user.ostreemeta`` value when the caller has it
+        already (a pull encodes it once per distinct header).
+        """
         mode = self.repo.mode
         if mode is RepoMode.ARCHIVE:
             os.fchmod(fd, 0o644)
@@ -309,7 +314,7 @@ class Transaction:
                 os.setxattr(fd, n, v)
         elif mode is RepoMode.BARE_USER:
             os.fchmod(fd, (stat.S_IMODE(header.mode) & 0o775) | 0o400)
-            os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
+            os.setxattr(fd, OSTREEMETA_XATTR, bareuser_meta or header.bareuser_meta())
         else:
             os.fchmod(fd, stat.S_IMODE(header.mode))
         os.utime(fd, ns=(0, 0))
