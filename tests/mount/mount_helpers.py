@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import UTF8, tool_env
 from treegen import hardlink_groups  # noqa: F401 - re-exported for the mount tests
 
@@ -102,6 +103,11 @@ def vfs_hardlinks(vfs: CommitVFS) -> tuple[set[frozenset[str]], dict[str, int]]:
 
 
 #: The CLI as a subprocess.
+#: The mark of every module that mounts for real (``pytestmark = NEEDS_FUSE``).
+NEEDS_FUSE = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
+    reason="needs /dev/fuse and root")
+
 CLI = [sys.executable, "-m", "ostreefs"]
 FIND_FMT = "%p %y %m %U %G %s %l"
 

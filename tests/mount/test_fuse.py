@@ -16,6 +16,7 @@ import pytest
 from conftest import MODES, repo_copy
 from mount_helpers import (
     FIND_FMT,
+    NEEDS_FUSE,
     cli,
     find_lines,
     force_unmount,
@@ -27,11 +28,8 @@ from treegen import diff_snapshots, snapshot
 
 from ostreefs.mount.fuse import is_ostreefs_mount
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-    reason="needs /dev/fuse and root")
+pytestmark = NEEDS_FUSE
 
-# Runs the CLI with the mount commands registered even before main.COMMANDS lists them.
 
 
 

@@ -8,12 +8,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from mount_helpers import cli, force_unmount
+from mount_helpers import NEEDS_FUSE, cli, force_unmount
 from support import TS_ARG, UTF8, Tool, init_repo
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-    reason="needs /dev/fuse and root")
+pytestmark = NEEDS_FUSE
 
 
 def _tree(root: Path, text: str, extra: bool) -> Path:

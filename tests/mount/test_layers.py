@@ -18,6 +18,7 @@ from conftest import MODES, repo_copy
 from mount_helpers import (
     CLI,
     FIND_FMT,
+    NEEDS_FUSE,
     cli,
     find_lines,
     force_unmount,
@@ -33,9 +34,7 @@ from ostreefs.mount.vfs import LayerVFS
 from ostreefs.store.refs import rev_parse
 from ostreefs.store.repo import Repo
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-    reason="needs /dev/fuse and root")
+pytestmark = NEEDS_FUSE
 
 LAYERS = ["l1", "l2", "l3"]
 

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 from conftest import MODES
-from mount_helpers import find_lines
+from mount_helpers import NEEDS_FUSE, find_lines
 from support import UTF8, tool_env
 
 from ostreefs.mount import fuse
 from ostreefs.mount.fuse import is_ostreefs_mount
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-    reason="needs /dev/fuse and root")
+pytestmark = NEEDS_FUSE
 
 # argv: COUNT_FILE on|off, then the CLI's own arguments.
 _RUNNER = """

@@ -29,6 +29,7 @@ import pytest
 from conftest import MODES, repo_copy
 from mount_helpers import (
     FIND_FMT,
+    NEEDS_FUSE,
     cli,
     find_lines,
     force_unmount,
@@ -41,11 +42,8 @@ from treegen import diff_snapshots, snapshot
 
 from ostreefs.mount.fuse import is_ostreefs_mount
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or os.geteuid() != 0,
-    reason="needs /dev/fuse and root")
+pytestmark = NEEDS_FUSE
 
-# The CLI with the mount commands registered even before main.COMMANDS lists them.
 XATTR_TAR = ["--xattrs", "--xattrs-include=user.*"]
 VIEWER = 1000  # the non-root user of the allow_other test
 
