@@ -7,8 +7,11 @@ module that imports pyfuse3 and trio.
 * Handlers never ``await``: each calls the synchronous VFS directly (reads are a
   ``pread`` on an open object file, never a thread hop).
 * Read-only: the mount has the ``ro`` option, and every write handler answers EROFS.
-* The kernel caches everything for a day (entry and attribute timeouts) and keeps file
-  pages across opens (``keep_cache``): a commit never changes.
+* The kernel caches everything for a day (entry and attribute timeouts, absent names
+  included) and keeps file pages across opens (``keep_cache``): a commit never changes.
+  With the patched pyfuse3 (``NO_OPEN``) open and opendir answer ENOSYS, so the kernel
+  stops asking for them (and for release and flush) and a warm walk or read of a
+  mounted tree never reaches this process.
 * ``mount()`` daemonizes by default (fork; the parent returns once the kernel mount is
   in place, or raises the child's error); SIGINT, SIGTERM and SIGHUP unmount cleanly.
   A stale mount point (a daemon that died: ENOTCONN) is lazily unmounted first.
@@ -55,6 +58,12 @@ TIMEOUT = 86400.0
 #: daemon); tools/install builds the patched pyfuse3 when it can.
 CACHE_READDIR: bool = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 _CACHE_DIR: dict[str, Any] = {"cache_readdir": True}  # a keyword stock stubs don't know
+#: Whether read() and readdir() get the inode as their handle when the kernel sends none.
+#: Then open and opendir answer ENOSYS, and the kernel (Linux >= 5.1) stops sending
+#: open/release and opendir/releasedir for the rest of the mount, caching file pages
+#: and listings as keep_cache and cache_readdir would: a warm walk or tar of a mounted
+#: tree needs no round trip to this process at all.
+NO_OPEN: bool = bool(getattr(pyfuse3, "INODE_HANDLES_WITHOUT_OPEN", False))
 # --- end readdir caching ---------------------------------------------------------------
 
 FUSERMOUNT = "fusermount3"
@@ -107,6 +116,9 @@ def _name(raw: bytes) -> str:
 class _Ops(pyfuse3.Operations):
     """pyfuse3's handlers over a CommitVFS."""
 
+    #: The kernel keeps symlink targets (patched pyfuse3; ignored by stock pyfuse3).
+    enable_symlink_cache = True
+
     def __init__(self, vfs: CommitVFS) -> None:
         super().__init__()
         self.vfs = vfs
@@ -130,7 +142,17 @@ class _Ops(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         with self._errno():
-            return _entry(self.vfs.lookup(parent_inode, _name(name)))
+            try:
+                return _entry(self.vfs.lookup(parent_inode, _name(name)))
+            except NoSuchEntry:
+                if not self.vfs.immutable:
+                    raise
+        # A commit never changes: the kernel may remember that the name is absent
+        # (inode 0 is a negative entry), as it remembers what is present.
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = TIMEOUT
+        return e
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -146,6 +168,8 @@ class _Ops(pyfuse3.Operations):
             return self.vfs.readlink(inode).encode("utf-8", "surrogateescape")
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if NO_OPEN:  # the kernel only opens directories; readdir gets the inode
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         with self._errno():
             if not self.vfs.attrs(inode).mode & 0o040000:
                 raise NotADir(inode)
@@ -169,11 +193,15 @@ class _Ops(pyfuse3.Operations):
                    ) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        if NO_OPEN:  # read gets the inode as its handle; errors surface there
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         with self._errno():
             return pyfuse3.FileInfo(fh=self.vfs.open(inode), keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         with self._errno():
+            if NO_OPEN:
+                return self.vfs.read_inode(fh, off, size)
             return self.vfs.read(fh, off, size)
 
     async def release(self, fh: int) -> None:
@@ -197,7 +225,8 @@ class _Ops(pyfuse3.Operations):
         return s
 
     async def flush(self, fh: int) -> None:
-        return None
+        # Nothing to flush on a read-only mount; ENOSYS stops the kernel sending flushes.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     # ------------------------------------------------------- writing: never
 

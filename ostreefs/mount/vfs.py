@@ -57,6 +57,8 @@ DIR_SIZE = 4096
 DIRTREE_CACHE = 512
 HEADER_CACHE = 8192
 ZSTREAM_CACHE = 8
+#: Object files kept open for reads that come without an open handle (see read_inode).
+OBJFD_CACHE = 64
 ZOUT_CHUNK = 256 * 1024
 ZIN_CHUNK = 64 * 1024
 ZCHECKPOINT_MIN = 8 << 20
@@ -165,7 +167,7 @@ class _Dir:
 class _Node:
     """A live inode: a directory (tree + meta) or a file (content checksum)."""
 
-    __slots__ = ("ino", "is_dir", "checksum", "meta", "nlookup", "key")
+    __slots__ = ("ino", "is_dir", "checksum", "meta", "nlookup", "key", "attrs")
 
     def __init__(self, ino: int, is_dir: bool, checksum: str, meta: str,
                  key: tuple[int, str] | None) -> None:
@@ -175,6 +177,9 @@ class _Node:
         self.meta = meta
         self.nlookup = 0
         self.key = key  # (parent ino, name) for per-path inodes, None for shared ones
+        #: Computed once: a directory's link count costs a dirtree parse, and the kernel
+        #: asks again (opendir, getattr) long after the parse left the LRU.
+        self.attrs: Attrs | None = None
 
 
 class _Header:
@@ -199,6 +204,9 @@ class CommitVFS:
         uid: if set, shown as the owner of everything (``-o uid=``).
         gid: if set, shown as the group of everything (``-o gid=``).
     """
+
+    #: Whether what this view shows never changes (so absent names may be cached too).
+    immutable = True
 
     def __init__(self, repo: Repo, commit: str, subpath: str = "/", *,
                  uid: int | None = None, gid: int | None = None) -> None:
@@ -226,6 +234,7 @@ class CommitVFS:
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
+        self._objfds: _LRU[str, _Open] = _LRU(OBJFD_CACHE)
         self._reported: set[str] = set()
 
     # ------------------------------------------------------------------ objects
@@ -361,6 +370,14 @@ class CommitVFS:
         """Attributes of a node; a missing or corrupt object raises (EIO) when ``strict``,
         else (for directory listings, which must not fail whole) gives a volatile
         placeholder."""
+        if node.attrs is not None:
+            return node.attrs
+        a = self._compute_attrs(node, strict)
+        if not a.volatile:
+            node.attrs = a
+        return a
+
+    def _compute_attrs(self, node: _Node, strict: bool) -> Attrs:
         if node.is_dir:
             uid, gid, mode, _x = self._meta(node.meta)
             nlink = 2 + self._dir(node.checksum).ndirs
@@ -448,18 +465,28 @@ class CommitVFS:
 
     def open(self, ino: int) -> int:
         """Open a regular file for reading; returns a handle for :meth:`read`."""
-        node = self._node(ino)
+        handle = self._open_object(self._node(ino))
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def _open_object(self, node: _Node) -> _Open:
+        ino = node.ino
         if node.is_dir:
             raise IsADir(ino)
-        h = self._header(node.checksum)
-        if h.error is not None:
-            raise h.error
-        assert h.header is not None
-        if h.header.is_symlink:
+        a = node.attrs  # a file's attributes are its header's: no second header read
+        if a is None:
+            h = self._header(node.checksum)
+            if h.error is not None:
+                raise h.error
+            assert h.header is not None
+            a = self._attrs(node)
+        if stat.S_ISLNK(a.mode):
             raise NoSuchEntry(f"inode {ino} is a symlink")
         path = self.repo.object_path_str(node.checksum, ObjectType.FILE)
         if self.repo.mode.is_archive:
-            handle = _Open(node.checksum, -1, h.size)
+            handle = _Open(node.checksum, -1, a.size)
         else:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -467,16 +494,28 @@ class CommitVFS:
                 err = StoreError(f"Cannot open object {node.checksum}: {e.strerror}")
                 self._report(node.checksum, err)
                 raise err from None
-            handle = _Open(node.checksum, fd, h.size)
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = handle
-        return fh
+            handle = _Open(node.checksum, fd, a.size)
+        return handle
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._handles.get(fh)
         if handle is None:
             raise BadHandle(fh)
+        return self._read(handle, offset, size)
+
+    def read_inode(self, ino: int, offset: int, size: int) -> bytes:
+        """Read a file the kernel did not open with us (it skips opens once ``open``
+        answers ENOSYS): the object files of the last few files read stay open here."""
+        node = self._node(ino)
+        handle = self._objfds.get(node.checksum)
+        if handle is None:
+            handle = self._open_object(node)
+            evicted = self._objfds.put(node.checksum, handle)
+            if evicted is not None and evicted.fd >= 0:
+                os.close(evicted.fd)
+        return self._read(handle, offset, size)
+
+    def _read(self, handle: _Open, offset: int, size: int) -> bytes:
         if offset >= handle.size or size <= 0:
             return b""
         size = min(size, handle.size - offset)
@@ -511,6 +550,10 @@ class CommitVFS:
         """Close every open object file (at unmount)."""
         for fh in list(self._handles):
             self.release(fh)
+        for h in self._objfds.values():
+            if h.fd >= 0:
+                os.close(h.fd)
+        self._objfds.clear()
         for z in self._zstreams.values():
             z.close()
         self._zstreams.clear()
@@ -740,6 +783,8 @@ class HistoryVFS(CommitVFS):
     commit's tree is one more lazy commit view. The made-up directories are 0755, owned
     by root. Each path is its own inode (no hardlink counting across history).
     """
+
+    immutable = False  # new commits and refs appear
 
     def __init__(self, repo: Repo, *, uid: int | None = None,
                  gid: int | None = None) -> None:
