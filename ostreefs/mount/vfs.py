@@ -59,8 +59,14 @@ HEADER_CACHE = 8192
 ZSTREAM_CACHE = 8
 #: Object files kept open for reads that come without an open handle (see read_inode).
 OBJFD_CACHE = 64
-ZOUT_CHUNK = 256 * 1024
-ZIN_CHUNK = 64 * 1024
+ZOUT_CHUNK = 1024 * 1024
+#: Compressed input read at once: at most ZIN_CHUNK, and about what the output asked for
+#: (plus ZIN_SLACK for block headers), so the input left over is never much to copy.
+ZIN_CHUNK = 1 << 20
+ZIN_SLACK = 16 << 10
+#: How far ahead of the inflater the compressed input is asked for (WILLNEED), so the
+#: disk reads while we inflate instead of each read waiting for the one before.
+ZPREFETCH = 16 << 20
 ZCHECKPOINT_MIN = 8 << 20
 
 
@@ -587,6 +593,7 @@ class _ZStream:
         self._checkpoints: list[tuple[int, int, zlib._Decompress, bytes]] = []
         self._d: zlib._Decompress | None = None
         self._fpos = 0
+        self._prefetched = 0  # compressed input asked for up to here
         self._tail = b""
         self._upos = 0
         self._buf = b""
@@ -640,8 +647,10 @@ class _ZStream:
         self._fpos, self._tail, self._upos = fpos, tail, upos
         self._buf, self._buf_start = b"", upos
 
-    def _next_chunk(self) -> bytes:
-        """Inflate the next chunk of output; b"" at the end of the stream."""
+    def _next_chunk(self, limit: int) -> bytes:
+        """Inflate up to ``limit`` (> 0) more bytes of output; b"" at the end of the
+        stream. Asking for just what a read needs lets a read be one inflate call whose
+        output is returned as it is, without joining or slicing copies."""
         d = self._d
         assert d is not None
         if (self._upos // self.interval > len(self._checkpoints)
@@ -652,8 +661,13 @@ class _ZStream:
             if not inp:
                 if d.eof:
                     return b""
+                if self._fpos + ZPREFETCH // 2 > self._prefetched:
+                    self._prefetched = max(self._prefetched, self._fpos) + ZPREFETCH
+                    os.posix_fadvise(self._fd, self._prefetched - ZPREFETCH, ZPREFETCH,
+                                     os.POSIX_FADV_WILLNEED)
                 try:
-                    inp = os.pread(self._fd, ZIN_CHUNK, self._fpos)
+                    inp = os.pread(self._fd, min(ZIN_CHUNK, limit + ZIN_SLACK),
+                                   self._fpos)
                 except OSError as e:
                     raise StoreError(f"Cannot read object {self.checksum}: "
                                      f"{e.strerror}") from None
@@ -661,47 +675,46 @@ class _ZStream:
                 if not inp:
                     return b""
             try:
-                out = d.decompress(inp, ZOUT_CHUNK)
+                out = d.decompress(inp, min(limit, ZOUT_CHUNK))
             except zlib.error as e:
                 raise self._corrupt(f"bad compressed data: {e}") from None
             self._tail = d.unconsumed_tail
             if out:
                 return out
 
+    def _advance(self, chunk: bytes) -> None:
+        if not chunk:
+            raise self._corrupt(f"stream ends at {self._upos} of {self.size} bytes")
+        self._upos += len(chunk)
+        if self._upos > self.size:
+            raise self._corrupt("stream is longer than the header says")
+
     def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
         if self._fd < 0:
             self._open()
-        if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
-            return self._buf[offset - self._buf_start:end - self._buf_start]
-        if offset < self._buf_start:
+        buf_start, buf_end = self._buf_start, self._buf_start + len(self._buf)
+        if buf_start <= offset and end <= buf_end:
+            if offset == buf_start and end == buf_end:
+                return self._buf
+            return self._buf[offset - buf_start:end - buf_start]
+        if offset < buf_start:
             self._restore(offset)
         elif offset > self._upos + self.interval:
             self._restore(offset, forward_only=True)
-        # Keep what is already produced from ``offset`` on, then inflate up to ``end``.
+        # The last output (it ends where the inflater stands) may hold the first part.
         parts: list[bytes] = []
         if self._buf_start <= offset < self._buf_start + len(self._buf):
             parts.append(self._buf[offset - self._buf_start:])
-            first = offset
-        else:
-            first = -1
+        while self._upos < offset:  # skip forward, keeping nothing
+            self._advance(self._next_chunk(min(offset - self._upos, ZOUT_CHUNK)))
         while self._upos < end:
-            chunk = self._next_chunk()
-            if not chunk:
-                raise self._corrupt(f"stream ends at {self._upos} of {self.size} bytes")
-            cstart = self._upos
-            self._upos += len(chunk)
-            if self._upos > self.size:
-                raise self._corrupt("stream is longer than the header says")
-            self._buf, self._buf_start = chunk, cstart
-            if self._upos > offset:
-                if first < 0:
-                    first = offset
-                    parts.append(chunk[offset - cstart:])
-                else:
-                    parts.append(chunk)
-        data = b"".join(parts)
-        return data[:end - first]
+            chunk = self._next_chunk(end - self._upos)
+            self._advance(chunk)
+            parts.append(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._buf, self._buf_start = data, offset
+        return data
 
 
 class LayerVFS(CommitVFS):
