@@ -199,17 +199,24 @@ class _Ops(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self.vfs.open(inode), keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        # pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer), so a view
+        # into an inflated chunk goes out without a copy; its stubs say bytes.
         with self._errno():
             if NO_OPEN:
-                return self.vfs.read_inode(fh, off, size)
-            return self.vfs.read(fh, off, size)
+                return cast(bytes, self.vfs.read_inode(fh, off, size))
+            return cast(bytes, self.vfs.read(fh, off, size))
 
     async def release(self, fh: int) -> None:
         self.vfs.release(fh)
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # `ls -l` asks every entry for two or three xattrs it almost never has: answer
+        # a miss without building an exception message (there is no negative cache).
         with self._errno():
-            return self.vfs.getxattr(inode, name)
+            for n, v in self.vfs.xattrs(inode):
+                if n == name:
+                    return v
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         with self._errno():
@@ -403,6 +410,7 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
         pyfuse3.init(ops, mp, fuse_opts)
     except RuntimeError as e:
         raise MountError(f"Cannot mount at {mp}: {e}") from None
+    vfs.start()  # threads only now: a daemon forks before it mounts
     log.info("mounted commit %s at %s", vfs.commit, mp)
     if ready_fd is not None:
         os.write(ready_fd, b"ok")

@@ -35,17 +35,19 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ostreefs.errors import CorruptObject, OstreefsError, StoreError
+from ostreefs.errors import CorruptObject, MalformedData, OstreefsError, StoreError
 from ostreefs.mount import layers
 from ostreefs.store import tree as treemod
 from ostreefs.store.config import RepoMode
-from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs
+from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs, dirtree_checksums
 from ostreefs.store.repo import Repo
 
 log = logging.getLogger("ostreefs.mount")
@@ -54,8 +56,13 @@ ROOT_INO = 1
 #: Inode numbers of hardlinked (shared) files have this bit set; the others count up.
 SHARED_INO_BIT = 1 << 62
 DIR_SIZE = 4096
-DIRTREE_CACHE = 512
+DIRTREE_CACHE = 2048
 HEADER_CACHE = 8192
+#: Threads that read object files at once where a cold disk, not parsing, is the wait:
+#: the hardlink-count pass and the file headers of a directory being listed.
+IO_THREADS = 4
+#: Work items per thread task (a task per item would cost more than the item).
+IO_BATCH = 64
 ZSTREAM_CACHE = 8
 #: Object files kept open for reads that come without an open handle (see read_inode).
 OBJFD_CACHE = 64
@@ -67,6 +74,8 @@ ZIN_SLACK = 16 << 10
 #: How far ahead of the inflater the compressed input is asked for (WILLNEED), so the
 #: disk reads while we inflate instead of each read waiting for the one before.
 ZPREFETCH = 16 << 20
+#: Output inflated ahead of a sequential reader, on a pool thread.
+ZAHEAD = 1 << 20
 ZCHECKPOINT_MIN = 8 << 20
 
 
@@ -237,6 +246,8 @@ class CommitVFS:
         self._headers: _LRU[str, _Header] = _LRU(HEADER_CACHE)
         self._dirmeta: _LRU[str, tuple[int, int, int, Xattrs]] = _LRU(DIRTREE_CACHE)
         self._counts: dict[int, int] | None = None
+        self._counter: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
@@ -301,25 +312,107 @@ class CommitVFS:
 
     def _link_count(self, checksum: str) -> int:
         if self._counts is None:
-            self._counts = self._count_objects()
+            if self._counter is not None:
+                self._counter.join()
+            if self._counts is None:  # no background pass, or it failed
+                self._counts = self._count_objects()
         return self._counts.get(int(checksum[:16], 16), 1)
 
-    def _count_objects(self) -> dict[int, int]:
-        """How often each content object occurs in the mounted tree (only counts > 1)."""
-        seen: dict[int, int] = {}
-        stack = [self._nodes[ROOT_INO].checksum]
-        while stack:
-            tree = stack.pop()
+    #: Whether the hardlink counts may be computed on a thread of their own.
+    _count_in_background = True
+
+    def start(self) -> None:
+        """Begin the hardlink-count pass in the background; call it in the process that
+        serves, once mounted. The first stat of a file needs the counts, and a user's
+        first look is a few directory lookups away from one: those overlap the pass."""
+        if self._count_in_background and self._counts is None and self._counter is None:
+            self._counter = threading.Thread(target=self._count_background, daemon=True,
+                                             name="ostreefs-count")
+            self._counter.start()
+
+    def _count_background(self) -> None:
+        try:
+            self._counts = self._count_objects()
+        except Exception:  # noqa: BLE001 - the pass is redone, and reported, on demand
+            pass
+
+    def _io_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-io")
+        return self._pool
+
+    def _read_trees(self, trees: list[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for tree in trees:
             try:
-                t = self.repo.load_dirtree(tree)
+                out.append(self.repo.read_metadata(tree, ObjectType.DIR_TREE))
             except StoreError as e:
                 self._report(tree, e)
-                continue
-            for _n, c in t.files:
-                k = int(c[:16], 16)
-                seen[k] = seen.get(k, 0) + 1
-            stack.extend(c for _n, c, _m in t.dirs)
+                out.append(None)
+        return out
+
+    def _count_objects(self) -> dict[int, int]:
+        """How often each content object occurs in the mounted tree (only counts > 1).
+
+        Level by level; the dirtrees of a level are read by a few threads at once, since
+        with a cold cache the pass waits on the disk far more than it parses.
+        """
+        seen: dict[int, int] = {}
+        level = [self._nodes[ROOT_INO].checksum]
+        pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-count")
+        try:
+            while level:
+                unique = list(dict.fromkeys(level))
+                batches = [unique[i:i + IO_BATCH] for i in range(0, len(unique), IO_BATCH)]
+                data: dict[str, bytes | None] = {}
+                for batch, got in zip(batches, pool.map(self._read_trees, batches),
+                                      strict=True):
+                    data.update(zip(batch, got, strict=True))
+                nxt: list[str] = []
+                for tree in level:
+                    raw = data[tree]
+                    if raw is None:
+                        continue
+                    try:
+                        files, dirs = dirtree_checksums(raw)
+                    except MalformedData as e:
+                        self._report(tree, CorruptObject(tree, "dirtree", e.args[1]))
+                        continue
+                    for c in files:
+                        k = int.from_bytes(c[:8], "big")
+                        seen[k] = seen.get(k, 0) + 1
+                    nxt.extend(c.hex() for c in dirs)
+                level = nxt
+        finally:
+            pool.shutdown(wait=False)
         return {k: v for k, v in seen.items() if v > 1}
+
+    def _prefetch_headers(self, d: _Dir) -> None:
+        """Load the file headers of a directory about to be listed, a few threads at a
+        time (cold, each is a wait on the disk), into the header cache."""
+        todo = [c for _n, is_dir, c, _m in d.entries
+                if not is_dir and self._headers.get(c) is None][:HEADER_CACHE // 2]
+        if len(todo) < 2 * IO_BATCH // 4:
+            return
+        todo = list(dict.fromkeys(todo))
+        n = max(1, min(IO_THREADS, len(todo) // (IO_BATCH // 4)))
+        batches = [todo[i::n] for i in range(n)]
+        for batch, got in zip(batches, self._io_pool().map(self._load_headers, batches),
+                              strict=True):
+            for c, h in zip(batch, got, strict=True):
+                if h.error is not None:
+                    self._report(c, h.error)
+                self._headers.put(c, h)
+
+    def _load_headers(self, checksums: list[str]) -> list[_Header]:
+        out = []
+        for c in checksums:
+            try:
+                header, size = self.repo.load_file_header(c)
+                out.append(_Header(header, 0 if header.is_symlink else size))
+            except StoreError as e:
+                out.append(_Header(None, 0, e))
+        return out
 
     # ------------------------------------------------------------------- inodes
 
@@ -431,6 +524,8 @@ class CommitVFS:
         if not node.is_dir:
             raise NotADir(ino)
         d = self._dir(node.checksum)
+        if start == 0:
+            self._prefetch_headers(d)
         for i in range(start, len(d.entries)):
             n, is_dir, c, m = d.entries[i]
             child = self._child(ino, n, is_dir, c, m)
@@ -503,13 +598,13 @@ class CommitVFS:
             handle = _Open(node.checksum, fd, a.size)
         return handle
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
+    def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._handles.get(fh)
         if handle is None:
             raise BadHandle(fh)
         return self._read(handle, offset, size)
 
-    def read_inode(self, ino: int, offset: int, size: int) -> bytes:
+    def read_inode(self, ino: int, offset: int, size: int) -> bytes | memoryview:
         """Read a file the kernel did not open with us (it skips opens once ``open``
         answers ENOSYS): the object files of the last few files read stay open here."""
         node = self._node(ino)
@@ -521,7 +616,7 @@ class CommitVFS:
                 os.close(evicted.fd)
         return self._read(handle, offset, size)
 
-    def _read(self, handle: _Open, offset: int, size: int) -> bytes:
+    def _read(self, handle: _Open, offset: int, size: int) -> bytes | memoryview:
         if offset >= handle.size or size <= 0:
             return b""
         size = min(size, handle.size - offset)
@@ -535,7 +630,7 @@ class CommitVFS:
         z = self._zstreams.get(handle.checksum)
         if z is None:
             z = _ZStream(self.repo.object_path_str(handle.checksum, ObjectType.FILE),
-                         handle.checksum, handle.size)
+                         handle.checksum, handle.size, self._io_pool())
             evicted = self._zstreams.put(handle.checksum, z)
             if evicted is not None:
                 evicted.close()
@@ -563,6 +658,8 @@ class CommitVFS:
         for z in self._zstreams.values():
             z.close()
         self._zstreams.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 class _Open:
@@ -579,10 +676,15 @@ class _ZStream:
 
     Keeps the inflate state at its current position, the last chunk produced (reads
     that step back a little, as readahead does, are served from it) and checkpoints
-    (copies of the inflate state) every ``interval`` bytes of output.
+    (copies of the inflate state) every ``interval`` bytes of output. While reads are
+    sequential, the next ``ZAHEAD`` bytes are inflated on ``pool`` as the current ones
+    are served (reading and inflating release the GIL): the disk, zlib and the FUSE
+    replies overlap instead of taking turns. Only that one task touches the inflate
+    state while it runs; every read that needs the state waits for it first.
     """
 
-    def __init__(self, path: str, checksum: str, size: int) -> None:
+    def __init__(self, path: str, checksum: str, size: int,
+                 pool: ThreadPoolExecutor | None = None) -> None:
         self.path = path
         self.checksum = checksum
         self.size = size
@@ -598,8 +700,14 @@ class _ZStream:
         self._upos = 0
         self._buf = b""
         self._buf_start = 0
+        self._pool = pool
+        self._ahead: Future[bytes] | None = None
+        self._last_end = 0  # where the previous read ended
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.cancel() or self._ahead.exception()  # wait: it uses the fd
+            self._ahead = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -689,15 +797,42 @@ class _ZStream:
         if self._upos > self.size:
             raise self._corrupt("stream is longer than the header says")
 
-    def read(self, offset: int, size: int) -> bytes:
+    def _settle(self, keep_from: int) -> None:
+        """Take the read-ahead's output (waiting for it): it continues ``_buf``, whose
+        bytes from ``keep_from`` on stay."""
+        fut, self._ahead = self._ahead, None
+        if fut is None:
+            return
+        chunk = fut.result()
+        start = self._upos
+        self._advance(chunk)
+        if self._buf_start <= keep_from < start:
+            self._buf = self._buf[keep_from - self._buf_start:] + chunk
+            self._buf_start = keep_from
+        else:
+            self._buf, self._buf_start = chunk, start
+
+    def read(self, offset: int, size: int) -> bytes | memoryview:
+        data = self._read(offset, size)
+        sequential = offset in (0, self._last_end)
+        self._last_end = offset + len(data)
+        if (sequential and self._pool is not None and self._ahead is None
+                and self._upos < self.size):
+            self._ahead = self._pool.submit(self._next_chunk, ZAHEAD)
+        return data
+
+    def _read(self, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, self.size)
         if self._fd < 0:
             self._open()
+        if self._ahead is not None and (end > self._upos or offset < self._buf_start):
+            self._settle(offset)
         buf_start, buf_end = self._buf_start, self._buf_start + len(self._buf)
         if buf_start <= offset and end <= buf_end:
             if offset == buf_start and end == buf_end:
                 return self._buf
-            return self._buf[offset - buf_start:end - buf_start]
+            # A view, not a copy: the FUSE reply copies it to the kernel anyway.
+            return memoryview(self._buf)[offset - buf_start:end - buf_start]
         if offset < buf_start:
             self._restore(offset)
         elif offset > self._upos + self.interval:
@@ -727,11 +862,13 @@ class LayerVFS(CommitVFS):
     content object show as hardlinks, counted over the merged tree.
     """
 
+    _count_in_background = False  # merging shares caches with the serving thread
+
     def __init__(self, repo: Repo, commits: Sequence[str], *,
                  uid: int | None = None, gid: int | None = None) -> None:
         if not commits:
             raise MountError("No layers to mount")
-        self._trees: _LRU[str, DirTree] = _LRU(DIRTREE_CACHE)
+        self._trees: _LRU[str, DirTree] = _LRU(DIRTREE_CACHE)  # not for threads
         self.commits = tuple(commits)
         roots: list[layers.Layer] = []
         for c in commits:
@@ -798,6 +935,7 @@ class HistoryVFS(CommitVFS):
     """
 
     immutable = False  # new commits and refs appear
+    _count_in_background = False  # nothing here is shown as a hardlink
 
     def __init__(self, repo: Repo, *, uid: int | None = None,
                  gid: int | None = None) -> None:

@@ -305,6 +305,24 @@ def _fast_dirtree_raw(data: bytes) -> tuple[list[tuple[bytes, ...]],
     return fa, da
 
 
+def dirtree_checksums(data: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The raw (32-byte) checksums of a dirtree's files and of its subtrees.
+
+    For passes over a whole tree that need no names (counting how often each object
+    occurs): it skips decoding and validating names, which a listing still does.
+    Malformed data raises :class:`MalformedData`, as :meth:`DirTree.from_bytes` does.
+    """
+    raw = _fast_dirtree_raw(data)
+    if raw is not None:
+        files = [e[1] for e in raw[0]]
+        dirs = [e[1] for e in raw[1]]
+        if all(len(c) == 32 for c in files) and all(len(c) == 32 for c in dirs):
+            return files, dirs
+    t = DirTree.from_bytes(data)
+    return ([bytes.fromhex(c) for _n, c in t.files],
+            [bytes.fromhex(c) for _n, c, _m in t.dirs])
+
+
 @dataclass(frozen=True, slots=True)
 class Commit:
     """A commit (``.commit``): metadata, parent, subject, body, time and root."""

@@ -38,6 +38,7 @@ from ostreefs.store.objects import (
     Summary,
     SummaryRef,
     decode_metadata,
+    dirtree_checksums,
     encode_metadata,
     normalize_xattrs,
 )
@@ -571,6 +572,7 @@ def _sample_objects() -> dict[str, bytes]:
                          (("rel", HELLO),)).to_bytes(),
         "dirtree": DirTree.build({"hello.txt": HELLO, "link": LINK},
                                  {"sub": (SUB_TREE, VEC_ROOT_META)}).to_bytes(),
+        "dirtree-checksums": DirTree.build({"a": HELLO}, {"b": (SUB_TREE, HELLO)}).to_bytes(),
         "dirmeta": DirMeta(0, 0, 0o40755, ((b"user.d", b"dirval"),)).to_bytes(),
         "filez": hdr.archive_header(6) + b"\xcb\x48\xcd\xc9\xc9\xe7\x02\x00",
         "filez-link": FileHeader(0, 0, 0o120777, "hello.txt").archive_header(0),
@@ -588,6 +590,7 @@ SAMPLES = _sample_objects()
 PARSERS = {
     "commit": Commit.from_bytes,
     "dirtree": DirTree.from_bytes,
+    "dirtree-checksums": dirtree_checksums,
     "dirmeta": DirMeta.from_bytes,
     "filez": FileHeader.parse_archive,
     "header": FileHeader.parse_checksum_header,
@@ -1052,3 +1055,24 @@ def test_glib_known_vector(glib: _GLib) -> None:
     assert glib.build("(uuua(ayay))", (0, 0, 0o40755, [])) == \
         encode("(uuua(ayay))", (0, 0, 0o40755, []), "little")
 
+
+
+def _checksums_of(t: DirTree) -> tuple[list[bytes], list[bytes]]:
+    return ([bytes.fromhex(c) for _n, c in t.files],
+            [bytes.fromhex(c) for _n, c, _m in t.dirs])
+
+
+def test_dirtree_checksums_match_the_full_parse() -> None:
+    t = DirTree.from_bytes(SAMPLES["dirtree"])
+    assert dirtree_checksums(SAMPLES["dirtree"]) == _checksums_of(t)
+    assert dirtree_checksums(SAMPLES["dirtree"])[1] == [bytes.fromhex(SUB_TREE)]
+
+
+@FUZZ
+@given(st.sampled_from(["dirtree", "dirtree-checksums"]), st.data())
+def test_fuzz_dirtree_checksums_agree_with_dirtree(sample: str, data: st.DataObject) -> None:
+    """Whatever the full parser accepts, the checksum-only pass reads the same way."""
+    blob = data.draw(mutations(SAMPLES[sample]))
+    full = _parse_or_malformed("dirtree", blob)
+    if full is not _MALFORMED:
+        assert dirtree_checksums(blob) == _checksums_of(full)
