@@ -239,9 +239,10 @@ class _Puller:
         self._pool = ThreadPoolExecutor(max_workers=THREADS,
                                         thread_name_prefix="ostreefs-pull")
         self._futures: list[Future[None]] = []
-        #: Same-mode pulls on one filesystem only hardlink: done on the walking thread.
-        self._link_inline = (self.can_hardlink and self.direct_ok and src.mode is dest.mode
-                             and not untrusted and not bareuseronly_files)
+        #: Same-mode pulls on one filesystem only hardlink content: each object is
+        #: linked straight into objects/ on the walking thread (Transaction.link_object).
+        self._link_only = (self.can_hardlink and self.direct_ok and src.mode is dest.mode
+                           and not untrusted and not bareuseronly_files)
 
     def close(self) -> None:
         self._failed.set()
@@ -326,14 +327,19 @@ class _Puller:
     def _scan_dirtree(self, checksum: str) -> None:
         tree = self._load((checksum, ObjectType.DIR_TREE)).load_dirtree(checksum)
         for _name, fc in tree.files:
-            if fc in self.requested_content or self._has(fc, ObjectType.FILE):
+            if fc in self.requested_content:
+                continue
+            if self._link_only:
+                # One link both checks and copies (EEXIST: the destination has it).
+                self.requested_content.add(fc)
+                if self._link_content(fc):
+                    self.n_content += 1
+                continue
+            if self._has(fc, ObjectType.FILE):
                 continue
             self.requested_content.add(fc)
             self.n_content += 1
-            if self._link_inline:
-                self._import_content(fc)  # a hardlink: cheaper than a pool hop
-            else:
-                self._futures.append(self._pool.submit(self._content_job, fc))
+            self._futures.append(self._pool.submit(self._content_job, fc))
         for _name, t, m in tree.dirs:
             self.queue(t, ObjectType.DIR_TREE, None)
             self.queue(m, ObjectType.DIR_META, None)
@@ -388,6 +394,21 @@ class _Puller:
         if actual != checksum:
             raise CorruptObject(checksum, otype.value,
                                 f"checksum expected='{checksum}' actual='{actual}'")
+
+    def _link_content(self, checksum: str) -> bool:
+        """Link a content object into the destination; False if it was there already."""
+        try:
+            return self.txn.link_object(checksum, ObjectType.FILE,
+                                        self.src.object_path_str(checksum, ObjectType.FILE))
+        except FileNotFoundError:
+            raise ObjectMissing(checksum, "file") from None
+        except OSError as e:
+            if e.errno not in (errno.EMLINK, errno.EXDEV, errno.EPERM):
+                raise
+        if self._has(checksum, ObjectType.FILE):
+            return False
+        self._import_content(checksum)  # copied through staging instead
+        return True
 
     def _content_job(self, checksum: str) -> None:
         if self._failed.is_set():

@@ -147,6 +147,35 @@ class Transaction:
         except FileNotFoundError:
             pass
 
+    def link_object(self, checksum: str, otype: ObjectType, src: str) -> bool:
+        """Hardlink an object that is already whole on this filesystem (another
+        repository's, verified by whoever wrote it) straight to its place in objects/.
+
+        No staging copy is needed: a link is atomic, so the name appears with the whole
+        object behind it or not at all, and commit()'s syncfs makes the name durable
+        before any commit object that needs it becomes visible. Like any object written
+        before an abort, it stays (unreferenced, which fsck accepts; a later pull finds
+        it). False if the repository already has the object. OSError from link passes
+        through: ENOENT for a missing ``src``; EXDEV, EMLINK, EPERM when it cannot be
+        linked (copy it instead).
+        """
+        dest = self.repo.object_path_str(checksum, otype)
+        try:
+            os.link(src, dest, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            sub = os.path.dirname(dest)
+            if os.path.isdir(sub) or not os.path.lexists(src):
+                raise
+            os.makedirs(sub, mode=0o755, exist_ok=True)
+            return self.link_object(checksum, otype, src)
+        st = os.lstat(dest)
+        self.written.append((checksum, otype, st.st_size))
+        if otype is ObjectType.FILE:
+            self.inodes.append((st.st_dev, st.st_ino, checksum))
+        return True
+
     def _tmpfile(self) -> Path:
         return self.staging / _fs.tmp_name()
 

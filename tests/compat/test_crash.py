@@ -123,3 +123,49 @@ def test_sigkill_during_commit(
         == 0
     )
     assert any(k for k, _ in outcomes), f"no trial was actually interrupted: {outcomes}"
+
+
+def test_sigkill_during_pull_local(
+    ostree: Tool, ostreefs: Tool, big_trees: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """pull-local between bare-user repos on one filesystem links content objects
+    straight into objects/: a kill at any moment leaves a destination both fscks accept,
+    whose ref is absent or the commit, and the next pull-local completes it."""
+    old, _new = big_trees
+    rng = random.Random("crash-pull-local")
+    src = init_repo(ostree, tmp_path / "src", "bare-user")
+    c = commit_checksum(ostree("commit", f"--repo={src}", *_commit_args(old, False)))
+
+    measure = init_repo(ostreefs, tmp_path / "measure", "bare-user")
+    t0 = time.monotonic()
+    ostreefs("pull-local", f"--repo={measure}", str(src), "main")
+    duration = time.monotonic() - t0
+    shutil.rmtree(measure)
+
+    dest = init_repo(ostreefs, tmp_path / "dest", "bare-user")
+    killed_any = False
+    for trial in range(TRIALS):
+        delay = rng.uniform(0, duration)
+        proc = ostreefs.popen("pull-local", f"--repo={dest}", str(src), "main",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+        time.sleep(delay)
+        killed = proc.poll() is None
+        if killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _out, err = proc.communicate(timeout=120)
+        context = f"trial {trial}: delay {delay:.3f}s of {duration:.3f}s, killed={killed}, " \
+                  f"rc={proc.returncode}, stderr={err[-2000:]!r}"
+        if not killed:
+            assert proc.returncode == 0, context
+        killed_any = killed_any or killed
+        _fsck_both(ostree, ostreefs, dest, context)
+        refs = ostree("refs", f"--repo={dest}").stdout.split()
+        if refs:
+            assert rev_parse(ostree, dest, "main") == c, context
+        # Start the next trial from an empty ref, keeping what the kills left behind.
+        ostree("refs", f"--repo={dest}", "--delete", "main", check=False)
+    ostreefs("pull-local", f"--repo={dest}", str(src), "main")
+    assert rev_parse(ostree, dest, "main") == c
+    _fsck_both(ostree, ostreefs, dest, "final pull-local")
+    assert killed_any, "no trial was actually interrupted"
