@@ -101,12 +101,17 @@ class _Checkout:
                                 "with these options", hint="drop -H to allow copies")
         self.can_link = self.link_mode != "copy"
         self.pool: ThreadPoolExecutor | None = None
+        self._dirmetas: dict[str, DirMeta] = {}
 
     # ------------------------------------------------------------------ dirs
 
     def checkout_dir(self, parent_fd: int, name: str, tree: str, meta: str,
                      is_root: bool) -> None:
-        dmeta = self.repo.load_dirmeta(meta)
+        dmeta = self._dirmetas.get(meta)
+        if dmeta is None:  # a tree has few distinct dirmetas: parse each once
+            if len(self._dirmetas) >= 4096:
+                self._dirmetas.clear()
+            dmeta = self._dirmetas[meta] = self.repo.load_dirmeta(meta)
         dtree = self.repo.load_dirtree(tree)
         if self.o.whiteouts and not is_root and any(n == OPAQUE_WHITEOUT
                                                     for n, _ in dtree.files):
