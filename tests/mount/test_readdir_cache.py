@@ -56,7 +56,7 @@ FIND_FMT = "%p %y %m %U %G %s %l"
 
 
 @contextmanager
-def counted_mount(repo: Path, mp: Path, cache: str) -> Iterator[Callable[[], int]]:
+def counted_mount(repo: Path, mp: Path, cache: str) -> Iterator[Callable[..., int]]:
     """A foreground mount whose daemon logs its handler calls; yields ``calls(name)``
     (the number of calls of one handler, or of all with no name)."""
     mp.mkdir()
@@ -89,6 +89,15 @@ def counted_mount(repo: Path, mp: Path, cache: str) -> Iterator[Callable[[], int
             proc.wait()
 
 
+@contextmanager
+def on_and_off(repo: Path, tmp_path: Path) -> Iterator[tuple[Path, Callable[..., int],
+                                                            Path, Callable[..., int]]]:
+    """Two counted mounts of ``repo``: kernel caching as built, and switched off."""
+    with counted_mount(repo, tmp_path / "on", "on") as calls_on, \
+            counted_mount(repo, tmp_path / "off", "off") as calls_off:
+        yield tmp_path / "on", calls_on, tmp_path / "off", calls_off
+
+
 def _ls(d: Path) -> list[str]:
     return sorted(subprocess.run(["ls", "-a", str(d)], check=True, capture_output=True,
                                  text=True).stdout.split())
@@ -105,10 +114,7 @@ def _some_subdir(root: Path) -> Path:
 @pytest.mark.parametrize("mode", MODES)
 def test_second_walk_skips_daemon_readdir(mode_repo: Callable[[str], Path],
                                           tmp_path: Path, mode: str) -> None:
-    repo = mode_repo(mode)
-    with counted_mount(repo, tmp_path / "on", "on") as calls_on, \
-            counted_mount(repo, tmp_path / "off", "off") as calls_off:
-        on, off = tmp_path / "on", tmp_path / "off"
+    with on_and_off(mode_repo(mode), tmp_path) as (on, calls_on, off, calls_off):
         first = find_lines(on, FIND_FMT)
         n_on = calls_on()
         assert n_on > 0
@@ -154,10 +160,7 @@ def _read_all(root: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("mode", MODES)
 def test_warm_walk_and_reads_never_reach_the_daemon(mode_repo: Callable[[str], Path],
                                                     tmp_path: Path, mode: str) -> None:
-    repo = mode_repo(mode)
-    with counted_mount(repo, tmp_path / "on", "on") as calls_on, \
-            counted_mount(repo, tmp_path / "off", "off") as calls_off:
-        on, off = tmp_path / "on", tmp_path / "off"
+    with on_and_off(mode_repo(mode), tmp_path) as (on, calls_on, off, calls_off):
         first, data = find_lines(on, FIND_FMT), _read_all(on)
         assert data and find_lines(off, FIND_FMT) == first and _read_all(off) == data
         n_on, n_off = calls_on(None), calls_off(None)
