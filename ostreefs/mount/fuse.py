@@ -9,9 +9,9 @@ module that imports pyfuse3 and trio.
 * Read-only: the mount has the ``ro`` option, and every write handler answers EROFS.
 * The kernel caches everything for a day (entry and attribute timeouts, absent names
   included) and keeps file pages across opens (``keep_cache``): a commit never changes.
-  With the patched pyfuse3 (``NO_OPEN``) open and opendir answer ENOSYS, so the kernel
-  stops asking for them (and for release and flush) and a warm walk or read of a
-  mounted tree never reaches this process.
+  With the patched pyfuse3 on Linux >= 5.1 (``no_open``) open and opendir answer
+  ENOSYS, so the kernel stops asking for them (and for release and flush) and a warm
+  walk or read of a mounted tree never reaches this process.
 * ``mount()`` daemonizes by default (fork; the parent returns once the kernel mount is
   in place, or raises the child's error); SIGINT, SIGTERM and SIGHUP unmount cleanly.
   A stale mount point (a daemon that died: ENOTCONN) is lazily unmounted first.
@@ -58,11 +58,12 @@ TIMEOUT = 86400.0
 #: daemon); tools/install builds the patched pyfuse3 when it can.
 CACHE_READDIR: bool = hasattr(pyfuse3.FileInfo(), "cache_readdir")
 _CACHE_DIR: dict[str, Any] = {"cache_readdir": True}  # a keyword stock stubs don't know
-#: Whether read() and readdir() get the inode as their handle when the kernel sends none.
-#: Then open and opendir answer ENOSYS, and the kernel (Linux >= 5.1) stops sending
-#: open/release and opendir/releasedir for the rest of the mount, caching file pages
-#: and listings as keep_cache and cache_readdir would: a warm walk or tar of a mounted
-#: tree needs no round trip to this process at all.
+#: Whether this pyfuse3 can mount without opens (``Operations.enable_no_open``). Where
+#: the kernel can too (Linux >= 5.1; pyfuse3 sets ``no_open`` at INIT), open and opendir
+#: answer ENOSYS, the kernel stops sending open/release and opendir/releasedir for the
+#: rest of the mount, caching file pages and listings as keep_cache and cache_readdir
+#: would, and read() and readdir() get the inode as their handle: a warm walk or tar of
+#: a mounted tree needs no round trip to this process at all.
 NO_OPEN: bool = bool(getattr(pyfuse3, "INODE_HANDLES_WITHOUT_OPEN", False))
 # --- end readdir caching ---------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class _Ops(pyfuse3.Operations):
     def __init__(self, vfs: CommitVFS) -> None:
         super().__init__()
         self.vfs = vfs
+        self.enable_no_open = NO_OPEN  # (patched pyfuse3) read at INIT
+        self.no_open = False  # set by patched pyfuse3 at INIT if the kernel agrees
 
     @contextmanager
     def _errno(self) -> Iterator[None]:
@@ -168,7 +171,7 @@ class _Ops(pyfuse3.Operations):
             return self.vfs.readlink(inode).encode("utf-8", "surrogateescape")
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if NO_OPEN:  # the kernel only opens directories; readdir gets the inode
+        if self.no_open:  # the kernel only opens directories; readdir gets the inode
             raise pyfuse3.FUSEError(errno.ENOSYS)
         with self._errno():
             if not self.vfs.attrs(inode).mode & 0o040000:
@@ -193,7 +196,7 @@ class _Ops(pyfuse3.Operations):
                    ) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if NO_OPEN:  # read gets the inode as its handle; errors surface there
+        if self.no_open:  # read gets the inode as its handle; errors surface there
             raise pyfuse3.FUSEError(errno.ENOSYS)
         with self._errno():
             return pyfuse3.FileInfo(fh=self.vfs.open(inode), keep_cache=True)
@@ -202,7 +205,7 @@ class _Ops(pyfuse3.Operations):
         # pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer), so a view
         # into an inflated chunk goes out without a copy; its stubs say bytes.
         with self._errno():
-            if NO_OPEN:
+            if self.no_open:
                 return cast(bytes, self.vfs.read_inode(fh, off, size))
             return cast(bytes, self.vfs.read(fh, off, size))
 
