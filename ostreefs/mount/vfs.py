@@ -283,10 +283,12 @@ class CommitVFS:
         if h is None:
             try:
                 header, size = self.repo.load_file_header(checksum)
-                h = _Header(header, 0 if header.is_symlink else size)
             except StoreError as e:
+                # Not cached: the object may come back (a repair), and then so does
+                # the file.
                 self._report(checksum, e)
-                h = _Header(None, 0, e)
+                return _Header(None, 0, e)
+            h = _Header(header, 0 if header.is_symlink else size)
             self._headers.put(checksum, h)
         return h
 
@@ -400,9 +402,8 @@ class CommitVFS:
         for batch, got in zip(batches, self._io_pool().map(self._load_headers, batches),
                               strict=True):
             for c, h in zip(batch, got, strict=True):
-                if h.error is not None:
-                    self._report(c, h.error)
-                self._headers.put(c, h)
+                if h.error is None:  # a failure is reported when the file is used
+                    self._headers.put(c, h)
 
     def _load_headers(self, checksums: list[str]) -> list[_Header]:
         out = []
@@ -771,8 +772,11 @@ class _ZStream:
                     return b""
                 if self._fpos + ZPREFETCH // 2 > self._prefetched:
                     self._prefetched = max(self._prefetched, self._fpos) + ZPREFETCH
-                    os.posix_fadvise(self._fd, self._prefetched - ZPREFETCH, ZPREFETCH,
-                                     os.POSIX_FADV_WILLNEED)
+                    try:
+                        os.posix_fadvise(self._fd, self._prefetched - ZPREFETCH,
+                                         ZPREFETCH, os.POSIX_FADV_WILLNEED)
+                    except OSError:
+                        pass  # only a hint
                 try:
                     inp = os.pread(self._fd, min(ZIN_CHUNK, limit + ZIN_SLACK),
                                    self._fpos)
@@ -803,7 +807,13 @@ class _ZStream:
         fut, self._ahead = self._ahead, None
         if fut is None:
             return
-        chunk = fut.result()
+        try:
+            chunk = fut.result()
+        except StoreError:
+            # Data ahead of what was asked for is bad, or could not be read: go back
+            # and let this read inflate (and fail) only for what it needs itself.
+            self._restore(keep_from)
+            return
         start = self._upos
         self._advance(chunk)
         if self._buf_start <= keep_from < start:

@@ -147,7 +147,8 @@ def test_opendir_asks_for_caching_only_when_supported() -> None:
 
 
 def _read_all(root: Path) -> dict[str, bytes]:
-    """Every regular file's bytes; symlinks are followed (dangling ones too, by stat)."""
+    """Every regular file's bytes. Each symlink is stat'ed through (so a dangling one
+    costs a lookup of an absent name), not read."""
     out = {}
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
@@ -166,7 +167,7 @@ def test_warm_walk_and_reads_never_reach_the_daemon(mode_repo: Callable[[str], P
         n_on, n_off = calls_on(None), calls_off(None)
         assert find_lines(on, FIND_FMT) == first and _read_all(on) == data
         assert find_lines(off, FIND_FMT) == first and _read_all(off) == data
-        # Opens switched off: the daemon opened, flushed and released each file again.
+        # Kernel caching off: the daemon opened, flushed and released each file again.
         assert calls_off("open") > 0 and calls_off("release") > 0
         assert calls_off(None) > n_off
         if fuse.NO_OPEN:

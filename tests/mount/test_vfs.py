@@ -140,33 +140,45 @@ def test_archive_random_access(big_archive: tuple[Path, bytes]) -> None:
 def test_archive_reads_ahead_for_two_interleaved_readers(
         big_archive: tuple[Path, bytes]) -> None:
     """Sequential reads inflate the next chunk on a thread; two readers of one file at
-    different places (no open handle, as the kernel reads once opens are off) still
-    get exactly their bytes."""
+    different places (no open handle, as the kernel reads once opens are off), each
+    reading a few chunks in a row, still get exactly their bytes."""
+    from ostreefs.mount.vfs import ZAHEAD
+
     repo, data = big_archive
     vfs = open_vfs(repo)
     ino = vfs.lookup(ROOT_INO, "big").ino
     step = 128 * 1024
     half = len(data) // 2
-    a, b = 0, half
-    got_a, got_b = [], []
-    while a < half or b < len(data):
-        if a < half:
-            got_a.append(bytes(vfs.read_inode(ino, a, min(step, half - a))))
-            a += len(got_a[-1])
-        if b < len(data):
-            got_b.append(bytes(vfs.read_inode(ino, b, step)))
-            b += len(got_b[-1])
-    assert b"".join(got_a) == data[:half]
-    assert b"".join(got_b) == data[half:]
-    # A lone sequential reader: the next chunk is already being inflated.
+    pos = {"a": 0, "b": half}
+    ends = {"a": half, "b": len(data)}
+    got: dict[str, list[bytes]] = {"a": [], "b": []}
+    aheads = 0
+    while pos["a"] < half or pos["b"] < len(data):
+        for r in ("a", "b"):
+            for _ in range(3):
+                if pos[r] >= ends[r]:
+                    break
+                got[r].append(bytes(vfs.read_inode(ino, pos[r], min(step, ends[r] - pos[r]))))
+                pos[r] += len(got[r][-1])
+                z = vfs._zstreams.get(vfs._nodes[ino].checksum)
+                aheads += z is not None and z._ahead is not None
+    assert b"".join(got["a"]) == data[:half]
+    assert b"".join(got["b"]) == data[half:]
+    assert aheads > 0
     vfs.close()
+    # A lone sequential reader: the third read is served from the chunk inflated ahead.
     vfs = open_vfs(repo)
     ino = vfs.lookup(ROOT_INO, "big").ino
     vfs.read_inode(ino, 0, step)
     vfs.read_inode(ino, step, step)
     z = vfs._zstreams.get(vfs._nodes[ino].checksum)
     assert z is not None and z._ahead is not None
+    ahead = z._ahead.result()
+    assert 0 < len(ahead) <= ZAHEAD
+    before = z._upos  # the inflater's position does not move until the chunk is taken
+    assert before < 3 * step
     assert bytes(vfs.read_inode(ino, 2 * step, step)) == data[2 * step:3 * step]
+    assert z._upos >= before + len(ahead)  # taken: the read was served from it
     vfs.close()
 
 
