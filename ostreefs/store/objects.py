@@ -309,8 +309,9 @@ def dirtree_checksums(data: bytes) -> tuple[list[bytes], list[bytes]]:
     """The raw (32-byte) checksums of a dirtree's files and of its subtrees.
 
     For passes over a whole tree that need no names (counting how often each object
-    occurs): it skips decoding and validating names, which a listing still does.
-    Malformed data raises :class:`MalformedData`, as :meth:`DirTree.from_bytes` does.
+    occurs): it neither decodes nor checks names (UTF-8, order, duplicates, ``..``), so
+    it takes some dirtrees that :meth:`DirTree.from_bytes` refuses; what it cannot
+    frame at all raises :class:`MalformedData`. A listing still checks everything.
     """
     raw = _fast_dirtree_raw(data)
     if raw is not None:

@@ -401,6 +401,9 @@ class _Puller:
             return self.txn.link_object(checksum, ObjectType.FILE,
                                         self.src.object_path_str(checksum, ObjectType.FILE))
         except FileNotFoundError:
+            # link looks at the source first: the destination may have it anyway.
+            if self._has(checksum, ObjectType.FILE):
+                return False
             raise ObjectMissing(checksum, "file") from None
         except OSError as e:
             if e.errno not in (errno.EMLINK, errno.EXDEV, errno.EPERM):

@@ -67,6 +67,9 @@ class Transaction:
         #: (st_dev, st_ino, checksum) of each content object written (rename keeps them).
         self.inodes: list[tuple[int, int, str]] = []
         self._made_dirs: set[str] = set()
+        #: Whether link_object made any name: commit() must then syncfs even if
+        #: nothing was staged (a repair pull may only link content).
+        self._linked = False
         self._lock_cm = repo.lock(exclusive=False)
         self._lock_cm.__enter__()
         self._staging_lock_fd: int | None = None
@@ -171,6 +174,7 @@ class Transaction:
             os.makedirs(sub, mode=0o755, exist_ok=True)
             return self.link_object(checksum, otype, src)
         st = os.lstat(dest)
+        self._linked = True
         self.written.append((checksum, otype, st.st_size))
         if otype is ObjectType.FILE:
             self.inodes.append((st.st_dev, st.st_ino, checksum))
@@ -362,7 +366,7 @@ class Transaction:
             raise StoreError("transaction already finished")
         try:
             objdir = f"{self.repo.path}/objects"
-            if self.fsync and self._staged:
+            if self.fsync and (self._staged or self._linked):
                 fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     _fs.syncfs(fd)

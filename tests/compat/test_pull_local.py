@@ -483,3 +483,23 @@ def test_library_result(sources: dict[str, Source], tmp_path: Path) -> None:
     assert (again.metadata_imported, again.content_imported) == (1, 0)  # other/br's commit
     assert again.refs_moved == {"r:other/br": s.c3}
 
+
+
+@pytest.mark.parametrize("mode", ["bare-user", "archive"])
+def test_object_the_destination_has_may_be_gone_from_the_source(
+        ostree: Tool, ostreefs: Tool, sources: dict[str, Source], tmp_path: Path,
+        mode: str) -> None:
+    """A later pull needs only what the destination lacks: a content object it already
+    has may be missing from the source (pruned, or deleted by fsck) without harm."""
+    src = tmp_path / "src"
+    _copy_repo(sources[mode].path, src)
+    s = sources[mode]
+    a, b, _ = _both(ostree, ostreefs, tmp_path, mode, src, s.c1)
+    # A content object c1 and c2 share, gone from the source only.
+    ext = "filez" if mode == "archive" else "file"
+    shared = sorted(_object_names(a, ext))[0]
+    (src / "objects" / shared[:2] / f"{shared[2:]}.{ext}").unlink()
+    a, b, _ = _both(ostree, ostreefs, tmp_path, mode, src, "main")
+    _assert_same_repo(a, b, src)
+    for repo in (a, b):
+        ostree("fsck", f"--repo={repo}")
