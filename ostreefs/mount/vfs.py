@@ -15,15 +15,18 @@ protocol adapter around it. Everything is read from the repository on demand:
   a fresh hardlink checkout also counts (``ostree checkout -U`` of bare-user or archive,
   plain ``ostree checkout`` of bare as root). Empty files and symlinks that ostree
   copies each get their own inode with ``st_nlink`` 1. The counts come from one pass
-  over the mounted tree's dirtrees (not its file objects), done on first need; only
-  counts above one are kept. A directory's ``st_nlink`` is 2 plus its subdirectories.
+  over the mounted tree's dirtrees (not its file objects), started on a thread once
+  mounted (:meth:`CommitVFS.start`) and waited for on first need; only counts above one
+  are kept. A directory's ``st_nlink`` is 2 plus its subdirectories.
 * **Times** are 0 (the epoch), as a hardlink checkout shows files and any checkout shows
   directories. Directories have ``st_size`` 4096 and symlinks the length of their target.
-* **Reads** ``pread`` the object file in bare modes. In archive mode a ``.filez`` is
-  inflated forward; the decompressor of the last few files read is kept with its
-  position and with checkpoints (copies of the inflate state) every few MiB, so a
-  sequential read never restarts at byte 0 and a backward seek restarts at the nearest
-  checkpoint.
+* **Reads** ``pread`` the object file in bare modes, by handle (:meth:`CommitVFS.open`)
+  or, when the kernel skips opens, by inode (:meth:`CommitVFS.read_inode`, with the last
+  few object files kept open). In archive mode a ``.filez`` is inflated forward; the
+  decompressor of the last few files read is kept with its position and with
+  checkpoints (copies of the inflate state) every few MiB, so a sequential read never
+  restarts at byte 0 and a backward seek restarts at the nearest checkpoint; while a
+  file is read in order, the next MiB is inflated on a thread.
 
 A missing or corrupt object is an :class:`~ostreefs.errors.StoreError` (the adapter's
 EIO) for that file only: its directory still lists, with placeholder attributes
