@@ -28,6 +28,15 @@ def syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def syncfs_path(path: str | os.PathLike[str]) -> None:
+    """:func:`syncfs` of the filesystem holding the directory ``path``."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -14,15 +14,11 @@ import re
 from dataclasses import dataclass, field
 
 from ostreefs.boot import fsattr
-from ostreefs.boot.sysroot import Checkpoint, Sysroot, locked
+from ostreefs.boot.sysroot import Checkpoint, Sysroot, locked, no_checkpoint
 from ostreefs.store.prune import PruneResult, prune
 from ostreefs.store.refs import RefSpec, list_refs, set_ref
 
 _DEPLOY_NAME = re.compile(r"^[0-9a-f]{64}\.\d+$")
-
-
-def _nop(step: str) -> None:
-    pass
 
 
 @dataclass
@@ -39,7 +35,7 @@ def cleanup(path: str | os.PathLike[str], checkpoint: Checkpoint | None = None,
 
 def cleanup_locked(sr: Sysroot, checkpoint: Checkpoint | None = None,
                    prune_repo: bool = True) -> CleanupResult:
-    ckpt = checkpoint or _nop
+    ckpt = checkpoint or no_checkpoint
     res = CleanupResult()
     ostree_dir = sr.path / "ostree"
     v, s = sr.bootversion, sr.subbootversion

@@ -29,6 +29,7 @@ from ostreefs.boot.sysroot import (
     Sysroot,
     SysrootError,
     locked,
+    no_checkpoint,
 )
 from ostreefs.store.config import KeyFile
 from ostreefs.store.prune import PruneResult
@@ -36,10 +37,6 @@ from ostreefs.store.refs import rev_parse
 from ostreefs.store.repo import Repo
 
 VAR_STAMP = ".ostree-selabeled"
-
-
-def _nop(step: str) -> None:
-    pass
 
 
 @dataclass
@@ -51,11 +48,6 @@ class KargOptions:
     delete: list[str] = field(default_factory=list)
     none: bool = False
     proc_cmdline: bool = False
-
-    @property
-    def any(self) -> bool:
-        return bool(self.replace or self.append or self.delete or self.none
-                    or self.proc_cmdline)
 
 
 @dataclass
@@ -224,7 +216,7 @@ def stage_deployment(sr: Sysroot, repo: Repo, osname: str, csum: str,
                                f"'var/{VAR_STAMP}' found)")
             _fs.atomic_write(stateroot_var / VAR_STAMP, b"", fsync=False)
             ckpt("var-stamp")
-        _syncfs(tmp)
+        _fs.syncfs_path(tmp)
         os.rename(tmp, final)
         ckpt("deployment-rename")
     except BaseException as e:
@@ -246,14 +238,6 @@ def stage_deployment(sr: Sysroot, repo: Repo, osname: str, csum: str,
     return d, messages, notes
 
 
-def _syncfs(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _fs.syncfs(fd)
-    finally:
-        os.close(fd)
-
-
 def origin_for(refspec: str) -> KeyFile:
     kf = KeyFile()
     kf.set("origin", "refspec", refspec)
@@ -264,7 +248,7 @@ def deploy(path: str | os.PathLike[str], revision: str, opts: DeployOptions | No
            checkpoint: Checkpoint | None = None) -> DeployResult:
     """``ostree admin deploy``: see the module docstring."""
     opts = opts or DeployOptions()
-    ckpt = checkpoint or _nop
+    ckpt = checkpoint or no_checkpoint
     with locked(path):
         sr = Sysroot.load(path)
         osname = opts.osname or sr.default_osname()
@@ -277,12 +261,7 @@ def deploy_locked(sr: Sysroot, osname: str, revision: str, opts: DeployOptions,
     repo = sr.repo()
     csum = rev_parse(repo, revision)
     merge = None if opts.no_merge else sr.merge_deployment(osname)
-    if opts.kargs.any:
-        kargs = compose_kargs(merge, opts.kargs)
-    elif merge is not None:
-        kargs = merge.options.copy()
-    else:
-        kargs = KernelArgs()
+    kargs = compose_kargs(merge, opts.kargs)
     origin = origin or opts.origin or origin_for(revision)
     new, messages, notes = stage_deployment(sr, repo, osname, csum, merge, kargs, origin,
                                             ckpt)

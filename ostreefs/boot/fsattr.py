@@ -51,22 +51,6 @@ def set_immutable(path: str | os.PathLike[str], on: bool) -> bool:
         os.close(fd)
 
 
-def is_immutable(path: str | os.PathLike[str]) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        buf = array.array("l", [0])
-        try:
-            fcntl.ioctl(fd, _FS_IOC_GETFLAGS, buf, True)
-        except OSError:
-            return False
-        return bool(buf[0] & _FS_IMMUTABLE_FL)
-    finally:
-        os.close(fd)
-
-
 def rm_rf(path: str | os.PathLike[str]) -> None:
     """Remove a file or tree if present, clearing the root's immutable flag first."""
     try:

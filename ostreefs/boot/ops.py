@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ostreefs import _fs
 from ostreefs.boot.cleanup import cleanup_locked
@@ -24,18 +23,16 @@ from ostreefs.boot.sysroot import (
     Sysroot,
     SysrootError,
     locked,
+    no_checkpoint,
 )
 from ostreefs.errors import OstreefsError, StoreError
 from ostreefs.store.config import KeyFile
+from ostreefs.store.objects import is_checksum
 from ostreefs.store.refs import RefSpec, resolve_ref, rev_parse
 from ostreefs.store.repo import Repo
 
 #: Fetches ``ref`` from ``remote`` into the repo (None: a local ref, nothing to fetch).
 Fetch = Callable[[Repo, "str | None", str], None]
-
-
-def _nop(step: str) -> None:
-    pass
 
 
 @dataclass
@@ -65,7 +62,7 @@ def undeploy(path: str | os.PathLike[str], index: int,
         if d.same(sr.booted):
             raise SysrootError(f"Cannot undeploy currently booted deployment {index}")
         new = [x for x in sr.deployments if not x.same(d)]
-        swap, freed = _rewrite(sr, new, checkpoint or _nop)
+        swap, freed = _rewrite(sr, new, checkpoint or no_checkpoint)
         return ListChange(swap, [swap.message()], freed)
 
 
@@ -76,7 +73,7 @@ def set_default(path: str | os.PathLike[str], index: int,
         sr = Sysroot.load(path)
         d = sr.get(index)
         new = [d] + [x for x in sr.deployments if not x.same(d)]
-        swap, _ = _rewrite(sr, new, checkpoint or _nop, prune_repo=False)
+        swap, _ = _rewrite(sr, new, checkpoint or no_checkpoint, prune_repo=False)
         return ListChange(swap, [swap.message()])
 
 
@@ -102,7 +99,7 @@ def rollback(path: str | os.PathLike[str], checkpoint: Checkpoint | None = None
         if target is None:
             raise SysrootError("No rollback deployment found")
         new = [target] + [x for x in deps if not x.same(target)]
-        swap, _ = _rewrite(sr, new, checkpoint or _nop, prune_repo=False)
+        swap, _ = _rewrite(sr, new, checkpoint or no_checkpoint, prune_repo=False)
         return ListChange(swap, [f"Moving '{target.name}' to be first deployment",
                                  swap.message()])
 
@@ -157,14 +154,10 @@ def set_origin(path: str | os.PathLike[str], remote: str, url: str, branch: str 
             if old is None:
                 raise SysrootError("No origin refspec to take the branch from",
                                    hint="name the BRANCH")
-            branch = RefSpec.parse(old).name if ":" in old or not _is_hex(old) else old
+            branch = RefSpec.parse(old).name if ":" in old or not is_checksum(old) else old
         origin = KeyFile((d.origin or KeyFile()).to_text())
         origin.set("origin", "refspec", str(RefSpec.parse(f"{remote}:{branch}")))
         _fs.atomic_write(sr.origin_path(d), origin.to_text().encode(), fsync=True)
-
-
-def _is_hex(s: str) -> bool:
-    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
 
 
 def kargs_edit_in_place(path: str | os.PathLike[str], append_if_missing: list[str]) -> None:
@@ -226,7 +219,7 @@ def upgrade(path: str | os.PathLike[str], fetch: Fetch,
     result is deployed even when the commit is the same.
     """
     opts = opts or UpgradeOptions()
-    ckpt = checkpoint or _nop
+    ckpt = checkpoint or no_checkpoint
     with locked(path):
         sr = Sysroot.load(path)
         osname = opts.osname or sr.default_osname()
@@ -328,6 +321,3 @@ def _gpg_problem(repo: Repo, d: Deployment) -> str | None:
     return ("GPG verification enabled, but no signatures found (use gpg-verify=false "
             "in remote config to disable)")
 
-
-def deployment_root(sr: Sysroot, d: Deployment) -> Path:
-    return sr.deploy_path(d)

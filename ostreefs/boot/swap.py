@@ -36,14 +36,11 @@ from ostreefs.boot.sysroot import (
     Deployment,
     Sysroot,
     SysrootError,
+    no_checkpoint,
     read_subbootversion,
 )
 from ostreefs.errors import ObjectMissing, StoreError
 from ostreefs.store.repo import Repo
-
-
-def _nop(step: str) -> None:
-    pass
 
 
 @dataclass
@@ -124,11 +121,7 @@ def _symlink_swap(target: str, link: Path, ckpt: Checkpoint, step: str) -> None:
 def _sync(sr: Sysroot) -> None:
     """Make everything written so far durable before the switch."""
     for p in (sr.path, sr.boot):
-        fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            _fs.syncfs(fd)
-        finally:
-            os.close(fd)
+        _fs.syncfs_path(p)
 
 
 def _write_farm(sr: Sysroot, bootversion: int, sub: int, deployments: list[Deployment],
@@ -228,7 +221,7 @@ def write_deployments(sr: Sysroot, new: list[Deployment],
     """
     from ostreefs.boot.cleanup import cleanup_locked
 
-    ckpt = checkpoint or _nop
+    ckpt = checkpoint or no_checkpoint
     repo = sr.repo()
     versions = _Versions(repo)
     for i, d in enumerate(new):

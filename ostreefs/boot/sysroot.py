@@ -31,6 +31,10 @@ STATEROOT_RE = re.compile(r"^[A-Za-z0-9_][-A-Za-z0-9_.]*$")
 Checkpoint = Callable[[str], None]
 
 
+def no_checkpoint(step: str) -> None:
+    """The Checkpoint of a run nobody interrupts."""
+
+
 class SysrootError(OstreefsError):
     """{0}"""
 

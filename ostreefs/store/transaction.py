@@ -67,9 +67,6 @@ class Transaction:
         #: (st_dev, st_ino, checksum) of each content object written (rename keeps them).
         self.inodes: list[tuple[int, int, str]] = []
         self._made_dirs: set[str] = set()
-        #: Whether link_object made any name: commit() must then syncfs even if
-        #: nothing was staged (a repair pull may only link content).
-        self._linked = False
         self._lock_cm = repo.lock(exclusive=False)
         self._lock_cm.__enter__()
         self._staging_lock_fd: int | None = None
@@ -174,7 +171,6 @@ class Transaction:
             os.makedirs(sub, mode=0o755, exist_ok=True)
             return self.link_object(checksum, otype, src)
         st = os.lstat(dest)
-        self._linked = True
         self.written.append((checksum, otype, st.st_size))
         if otype is ObjectType.FILE:
             self.inodes.append((st.st_dev, st.st_ino, checksum))
@@ -366,12 +362,10 @@ class Transaction:
             raise StoreError("transaction already finished")
         try:
             objdir = f"{self.repo.path}/objects"
-            if self.fsync and (self._staged or self._linked):
-                fd = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    _fs.syncfs(fd)
-                finally:
-                    os.close(fd)
+            # Before this point only link_object adds to ``written``: a pull that only
+            # linked content (a repair) needs the syncfs too.
+            if self.fsync and (self._staged or self.written):
+                _fs.syncfs_path(self.staging)
             self._check_complete()
             touched: set[str] = set()
             written = self.written
@@ -389,11 +383,7 @@ class Transaction:
                     self.inodes.append((st.st_dev, st.st_ino, checksum))
                 os.rename(src, dest)
             if self.fsync and touched:
-                fd = os.open(objdir, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    _fs.syncfs(fd)
-                finally:
-                    os.close(fd)
+                _fs.syncfs_path(objdir)
         finally:
             self._finish()
         return written
