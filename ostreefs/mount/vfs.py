@@ -284,16 +284,22 @@ class CommitVFS:
     def _header(self, checksum: str) -> _Header:
         h = self._headers.get(checksum)
         if h is None:
-            try:
-                header, size = self.repo.load_file_header(checksum)
-            except StoreError as e:
+            h = self._read_header(checksum)
+            if h.error is not None:
                 # Not cached: the object may come back (a repair), and then so does
                 # the file.
-                self._report(checksum, e)
-                return _Header(None, 0, e)
-            h = _Header(header, 0 if header.is_symlink else size)
+                self._report(checksum, h.error)
+                return h
             self._headers.put(checksum, h)
         return h
+
+    def _read_header(self, checksum: str) -> _Header:
+        """Load a header (no cache, no report: it may run on a pool thread)."""
+        try:
+            header, size = self.repo.load_file_header(checksum)
+        except StoreError as e:
+            return _Header(None, 0, e)
+        return _Header(header, 0 if header.is_symlink else size)
 
     def _report(self, checksum: str, e: Exception) -> None:
         self.report(e)
@@ -409,14 +415,7 @@ class CommitVFS:
                     self._headers.put(c, h)
 
     def _load_headers(self, checksums: list[str]) -> list[_Header]:
-        out = []
-        for c in checksums:
-            try:
-                header, size = self.repo.load_file_header(c)
-                out.append(_Header(header, 0 if header.is_symlink else size))
-            except StoreError as e:
-                out.append(_Header(None, 0, e))
-        return out
+        return [self._read_header(c) for c in checksums]
 
     # ------------------------------------------------------------------- inodes
 
@@ -580,19 +579,13 @@ class CommitVFS:
         ino = node.ino
         if node.is_dir:
             raise IsADir(ino)
-        a = node.attrs  # a file's attributes are its header's: no second header read
-        if a is None:
-            h = self._header(node.checksum)
-            if h.error is not None:
-                raise h.error
-            assert h.header is not None
-            a = self._attrs(node)
+        a = self._attrs(node)  # a file's attributes are its header's (raises its error)
         if stat.S_ISLNK(a.mode):
             raise NoSuchEntry(f"inode {ino} is a symlink")
-        path = self.repo.object_path_str(node.checksum, ObjectType.FILE)
         if self.repo.mode.is_archive:
             handle = _Open(node.checksum, -1, a.size)
         else:
+            path = self.repo.object_path_str(node.checksum, ObjectType.FILE)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
