@@ -429,7 +429,9 @@ class H1Pool:
                 if len(buf) - pos >= length:
                     body = bytes(memoryview(buf)[pos:pos + length])
                     pos += length
-                elif length > self.spill_threshold:
+                elif length > self.spill_threshold and limit is None:
+                    # (A response with a size limit, metadata, stays in memory: the
+                    # caller wants its bytes, and the limit bounds them.)
                     spill_path, spill_fd = self._spill_open()
                     try:
                         pos = await self._copy_to(conn, buf, pos, length, spill_fd)

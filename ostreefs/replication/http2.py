@@ -428,7 +428,7 @@ class H2Session:
             _fs.write_all(st.spill_fd, data)
             return
         st.chunks.append(data)
-        if st.size > pool.spill_threshold:
+        if st.size > pool.spill_threshold and limit is None:  # metadata stays in memory
             st.spill_path, st.spill_fd = pool._spill_open()
             _fs.write_all(st.spill_fd, b"".join(st.chunks))
             st.chunks = []

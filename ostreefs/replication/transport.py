@@ -10,7 +10,6 @@ TLS settings, including the public-key pin, and the same idle timeout.
 from __future__ import annotations
 
 import contextlib
-import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -125,13 +124,7 @@ class Transport:
         got = box[0]
         if isinstance(got, BaseException):
             raise got
-        url = pool.origin.url(path)
-        if got.spill is not None:
-            try:
-                with open(got.spill, "rb") as f:
-                    got.body = f.read()
-            finally:
-                os.unlink(got.spill)
+        url = pool.origin.url(path)  # (with max_size set, nothing was spilled)
         if got.status == 404:
             return None
         if got.status in (301, 302, 303, 307, 308):
