@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ostreefs.cli.main import Handler, open_repo
-from ostreefs.cli.util import format_size, in_locale_charset, split_kv
+from ostreefs.cli.util import format_size, format_transferred, in_locale_charset, split_kv
 from ostreefs.errors import StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.clear()
-    amount = _transferred(res.bytes_transferred)
+    amount = format_transferred(res.bytes_transferred)
     if res.dry_run:
         for ref, commit in res.refs_moved.items():
             print(f"{ref}: would move to {commit}")
@@ -115,10 +115,6 @@ def run(args: argparse.Namespace) -> int:
         f"{amount} transferred in {int(res.elapsed)} seconds; "
         f"{format_size(res.content_bytes_written)} content written"))
     return 0
-
-
-def _transferred(n: int) -> str:
-    return f"{n} B" if n < 1024 else f"{n // 1024} KiB"
 
 
 class _ProgressLine:

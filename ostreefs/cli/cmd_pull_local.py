@@ -6,7 +6,7 @@ import argparse
 import time
 
 from ostreefs.cli.main import Handler, open_repo
-from ostreefs.cli.util import format_size, in_locale_charset
+from ostreefs.cli.util import format_size, format_transferred, in_locale_charset
 from ostreefs.errors import OstreefsError, StoreError, UsageError
 from ostreefs.store.pull_local import pull_local
 from ostreefs.store.repo import Repo
@@ -92,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     line = (f"{res.metadata_imported} metadata, {res.content_imported} content objects "
             f"imported")
     if res.bytes_transferred > 0:
-        n = res.bytes_transferred
-        amount = f"{n} B" if n < 1024 else f"{n // 1024} KiB"
+        amount = format_transferred(res.bytes_transferred)
         line += f"; {amount} transferred in {int(time.monotonic() - start)} seconds"
     print(in_locale_charset(f"{line}; {format_size(res.content_bytes_written)} content "
                             "written"))

@@ -61,6 +61,11 @@ def format_date(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S +0000")
 
 
+def format_transferred(n: int) -> str:
+    """Bytes fetched, as ostree's pull summary line says it (binary KiB, no decimals)."""
+    return f"{n} B" if n < 1024 else f"{n // 1024} KiB"
+
+
 def format_size(n: int) -> str:
     """A byte count as GLib's g_format_size prints it (ostree's prune and pull lines):
     SI units, one decimal, and a no-break space before a unit other than bytes."""

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ostreefs import _fs
 from ostreefs.errors import CorruptObject, MalformedData, OstreefsError, StoreError
 from ostreefs.replication.http1 import HttpError, Request, Response
 from ostreefs.replication.objstore import (
     ContentStager,
+    _unlink,
     stage_detached,
     stage_metadata,
     verify_metadata,
@@ -66,13 +68,11 @@ class WalkStats:
 
 @dataclass
 class WalkConfig:
-    remote: str
     depth: int = 0
     commit_metadata_only: bool = False
     subpaths: tuple[str, ...] = ()
     dry_run: bool = False
     repair: bool = False
-    gpg_verify: bool = False
     verify_bindings: bool = True
     collection_id: str | None = None
     bareuseronly_files: bool = False
@@ -94,7 +94,6 @@ class Walk:
         self.stats = WalkStats()
         self.stager = ContentStager(txn, cfg.bareuseronly_files)
         self.local = LocalObjects(repo)
-        self._content_ext = "filez"
         #: "checksum.ext" of every object requested or being handled.
         self._wanted: set[str] = set()
         #: Dirtree checksum -> paths it must be scanned at, while it is being fetched.
@@ -183,8 +182,7 @@ class Walk:
         if key in self._mem:
             return self._mem[key]
         if self.txn is not None and (checksum, otype) in self.txn._staged:
-            with open(self.txn._stage_path(checksum, otype), "rb") as f:
-                return f.read()
+            return _fs.read_file(self.txn._stage_path(checksum, otype))
         return self.repo.read_metadata(checksum, otype)
 
     def _partial_path(self, commit: str) -> str:
@@ -238,7 +236,7 @@ class Walk:
             self.fail(e)
             return
         status = 404 if data is None else 200
-        req.on_done(req, Response(status, data, None, None, len(data or b"")))
+        req.on_done(req, Response(status, data, None, len(data or b"")))
 
     # ------------------------------------------------------------------ commits
 
@@ -519,7 +517,7 @@ class Walk:
 
     def _request_content(self, checksum: str) -> None:
         self.stats.content_requested += 1
-        self._fetch(f"objects/{checksum[:2]}/{checksum[2:]}.{self._content_ext}", 1,
+        self._fetch(f"objects/{checksum[:2]}/{checksum[2:]}.filez", 1,
                     self._got_content, data=checksum, metadata=False)
 
     def _got_content(self, req: Request, resp: Response) -> None:
@@ -780,13 +778,6 @@ def _norm(p: str) -> str:
     if ".." in parts:
         raise StoreError(f"Invalid subpath '{p}'")
     return "/" + "/".join(parts)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 __all__ = ["Walk", "WalkConfig", "WalkStats", "MissingObject", "RemoteHttpError",

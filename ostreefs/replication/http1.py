@@ -93,7 +93,6 @@ class Response:
     #: The body, or None when it was spilled to ``spill`` (a file the caller removes).
     body: bytes | None
     spill: str | None = None
-    location: str | None = None
     length: int = 0
 
 
@@ -162,7 +161,6 @@ class H1Pool:
         self._connect_failures = 0
         #: Bytes received from the server, headers included.
         self.bytes_received = 0
-        self.requests_sent = 0
         head = [f"Host: {origin.netloc}", f"User-Agent: {USER_AGENT}",
                 "Accept-Encoding: identity"]
         if origin.auth:
@@ -361,7 +359,6 @@ class H1Pool:
                 req = self._pop()
                 conn.pending.append(req)
                 batch.append(b"GET " + base + req.path.encode("latin-1") + tail)
-            self.requests_sent += len(batch)
             if conn.scope is not None and conn.scope.deadline == math.inf:
                 conn.scope.deadline = trio.current_time() + self.timeout
             try:
@@ -407,7 +404,7 @@ class H1Pool:
                 raise HttpError(f"Unexpected data from {self.origin.netloc}")
             head = bytes(buf[pos:end])
             pos = end + 4
-            status, length, chunked, close, location = _parse_head(head, self.origin)
+            status, length, chunked, close = _parse_head(head, self.origin)
             req = conn.pending[0]
             if 100 <= status < 200:
                 continue  # an interim response: no body, the real one follows
@@ -419,8 +416,8 @@ class H1Pool:
             spill_path: str | None = None
             body: bytes | None
             if chunked:
-                body, pos, spill_path = await self._chunked(conn, buf, pos, req)
-                total = len(body) if body is not None else os.path.getsize(spill_path or "")
+                body, pos = await self._chunked(conn, buf, pos, req)
+                total = len(body)
             elif length is not None:
                 if limit is not None and length > limit:
                     raise HttpError(f"{self.origin.url(req.path)} is {length} bytes, more "
@@ -460,7 +457,7 @@ class H1Pool:
             conn.pending.popleft()
             conn.answered += 1
             self._lot.unpark_all()
-            req.on_done(req, Response(status, body, spill_path, location, total))
+            req.on_done(req, Response(status, body, spill_path, total))
             if pos > _RECV:
                 del buf[:pos]
                 pos = 0
@@ -493,7 +490,7 @@ class H1Pool:
         return pos
 
     async def _chunked(self, conn: _Conn, buf: bytearray, pos: int, req: Request
-                       ) -> tuple[bytes | None, int, str | None]:
+                       ) -> tuple[bytes, int]:
         out = bytearray()
         limit = req.max_size
         while True:
@@ -515,7 +512,7 @@ class H1Pool:
                     line_empty = eol == pos
                     pos = eol + 2
                     if line_empty:
-                        return bytes(out), pos, None
+                        return bytes(out), pos
             while len(buf) - pos < size + 2:
                 if not await self._read_more(conn, buf):
                     raise _ResponseEnd(partial=True)
@@ -564,9 +561,8 @@ def _header(lower: bytes, head: bytes, name: bytes) -> bytes | None:
     return head[i + len(name):j if j >= 0 else len(head)].strip()
 
 
-def _parse_head(head: bytes, origin: Origin
-                ) -> tuple[int, int | None, bool, bool, str | None]:
-    """(status, content length, chunked, close after, location) of a response head.
+def _parse_head(head: bytes, origin: Origin) -> tuple[int, int | None, bool, bool]:
+    """(status, content length, chunked, close after) of a response head.
 
     Searched rather than split line by line: a pull parses tens of thousands of heads
     and needs four of their fields.
@@ -597,8 +593,6 @@ def _parse_head(head: bytes, origin: Origin
         close = True
     elif conn == b"keep-alive":
         close = False
-    loc = _header(lower, head, b"\r\nlocation:")
-    location = loc.decode("latin-1") if loc is not None else None
     if chunked:
         length = None
-    return status, length, chunked, close, location
+    return status, length, chunked, close

@@ -5,7 +5,8 @@ all of a pull's object requests on a single connection, up to the number of conc
 streams it allows. Framing is the ``h2`` library's; this module maps the pool's
 requests onto streams and streams back onto responses, and codes header blocks itself
 (hpack's pure-Python coder cost more than anything else on the connection). Header
-validation is left off: the only headers read are ``:status`` and ``location``, and
+validation is left off: the only header read is ``:status`` (redirects are followed
+through httpx), and
 every body is verified by checksum anyway.
 """
 
@@ -209,7 +210,6 @@ def _read_int(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
 class _Stream:
     req: Request
     status: int = 0
-    location: str | None = None
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     spill_path: str | None = None
@@ -307,7 +307,6 @@ class H2Session:
             c.send_headers(sid, [*self._fixed, (b":path", path), *self._extra],
                            end_stream=True)
             self.streams[sid] = _Stream(req)
-            pool.requests_sent += 1
             opened = True
         if opened and self.scope is not None and self.scope.deadline == math.inf:
             self.scope.deadline = trio.current_time() + pool.timeout
@@ -396,8 +395,6 @@ class H2Session:
                 for k, v in ev.headers or ():
                     if k == b":status":
                         st.status = int(v)
-                    elif k == b"location":
-                        st.location = bytes(v).decode("latin-1")
         elif isinstance(ev, h2.events.StreamEnded):
             st = self.streams.pop(ev.stream_id, None)
             if st is not None:
@@ -441,7 +438,7 @@ class H2Session:
             body = None
         else:
             body = b"".join(st.chunks)
-        st.req.on_done(st.req, Response(st.status, body, st.spill_path, st.location, st.size))
+        st.req.on_done(st.req, Response(st.status, body, st.spill_path, st.size))
 
 
 def _drop_spill(st: _Stream) -> None:

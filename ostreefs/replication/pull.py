@@ -259,7 +259,7 @@ class _Pull:
                 self.result.resumed = await trio.to_thread.run_sync(adopt, self.txn, stale)
             t.objects.spill_dir = str(self.txn.staging)
         gpg_check = _gpg_checker(repo, self.rem.name) if self.rem.gpg_verify else None
-        cfg = WalkConfig(remote=self.rem.name, depth=opts.depth,
+        cfg = WalkConfig(depth=opts.depth,
                          commit_metadata_only=opts.commit_metadata_only,
                          subpaths=tuple(opts.subpaths), dry_run=opts.dry_run,
                          repair=opts.repair, verify_bindings=opts.verify_bindings,
