@@ -313,7 +313,7 @@ def test_prune_during_commit_loses_nothing(committer: str, ostree: Tool, ostreef
         loop = subprocess.Popen([sys.executable, "-c", PRUNE_LOOP, str(repo), str(stop)],
                                 env=tool_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        branch = f"b{i}"
+        branch = f"race{i}"  # not hex: rev-parse takes a hex word as a commit prefix
         proc = writer.popen("commit", f"--repo={repo}", "-b", branch, "-s", branch, tree,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -338,4 +338,4 @@ def test_prune_during_commit_loses_nothing(committer: str, ostree: Tool, ostreef
         assert fsck.returncode == 0, format_result(fsck.args, fsck)
         shutil.rmtree(tree)
     for i in range(len(delays)):  # every branch survived every later prune
-        rev_parse(ostree, repo, f"b{i}")
+        rev_parse(ostree, repo, f"race{i}")
