@@ -44,14 +44,18 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ostreefs.errors import CorruptObject, MalformedData, OstreefsError, StoreError
 from ostreefs.mount import layers
+from ostreefs.store import dirheaders
 from ostreefs.store import tree as treemod
 from ostreefs.store.config import RepoMode
 from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs, dirtree_checksums
 from ostreefs.store.repo import Repo
+
+if TYPE_CHECKING:
+    from ostreefs.store.index import Index
 
 log = logging.getLogger("ostreefs.mount")
 
@@ -80,6 +84,8 @@ ZPREFETCH = 16 << 20
 #: Output inflated ahead of a sequential reader, on a pool thread.
 ZAHEAD = 1 << 20
 ZCHECKPOINT_MIN = 8 << 20
+#: Directories whose file headers are written to the index at once.
+HEADER_RECORD_BATCH = 256
 
 
 class MountError(OstreefsError):
@@ -162,14 +168,19 @@ class _LRU(Generic[K, V]):
 class _Dir:
     """A parsed dirtree: entries in dirtree order (files, then directories) by name."""
 
-    __slots__ = ("entries", "index", "ndirs")
+    __slots__ = ("entries", "index", "ndirs", "tree", "recorded")
 
-    def __init__(self, t: DirTree) -> None:
+    def __init__(self, t: DirTree, tree: str = "") -> None:
         #: (name, is_dir, checksum, dirmeta checksum or "")
         self.entries: list[tuple[str, bool, str, str]] = (
             [(n, False, c, "") for n, c in t.files] + [(n, True, c, m) for n, c, m in t.dirs])
         self.index = {e[0]: i for i, e in enumerate(self.entries)}
         self.ndirs = len(t.dirs)
+        #: The dirtree checksum this directory is, if it is one (its files' headers may
+        #: then be in the index); "" for a made-up directory.
+        self.tree = tree
+        #: Whether the files' headers came from the index, or were offered to it.
+        self.recorded = False
 
     @classmethod
     def of(cls, files: list[tuple[str, str]], dirs: list[tuple[str, str, str]]) -> _Dir:
@@ -253,6 +264,9 @@ class CommitVFS:
         self._pool: ThreadPoolExecutor | None = None
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
+        self._hindex: Index | None = None
+        self._hindex_tried = False
+        self._hpending: list[tuple[str, bytes]] = []
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
         self._objfds: _LRU[str, _Open] = _LRU(OBJFD_CACHE)
         self._reported: set[str] = set()
@@ -268,7 +282,7 @@ class CommitVFS:
 
     def _load_dir(self, key: str) -> _Dir:
         """The directory a node's key names (here always a dirtree checksum)."""
-        return _Dir(self.repo.load_dirtree(key))
+        return _Dir(self.repo.load_dirtree(key), key)
 
     def _meta(self, meta: str) -> tuple[int, int, int, Xattrs]:
         m = self._dirmeta.get(meta)
@@ -414,6 +428,62 @@ class CommitVFS:
                 if h.error is None:  # a failure is reported when the file is used
                     self._headers.put(c, h)
 
+    def _index(self) -> Index | None:
+        """The repository's index, opened on first use; None where it cannot be (a
+        read-only repository, or an index opened before the daemon forked): it is only
+        a shortcut."""
+        if not self._hindex_tried:
+            self._hindex_tried = True
+            try:
+                self._hindex = self.repo.index
+            except Exception:  # noqa: BLE001 - derived data: without it, read objects
+                self._hindex = None
+        return self._hindex
+
+    def _recorded_headers(self, d: _Dir) -> bool:
+        """Put the headers of a directory's files, as the index recorded them for its
+        dirtree, into the header cache; whether it had them."""
+        if d.recorded or not d.tree or (idx := self._index()) is None:
+            return d.recorded
+        files = [c for _n, is_dir, c, _m in d.entries if not is_dir]
+        try:
+            raw = idx.dir_headers([d.tree])[0]
+        except Exception:  # noqa: BLE001 - derived data: read the objects instead
+            return False
+        got = dirheaders.unpack(raw, len(files)) if raw is not None else None
+        if got is None:
+            return False
+        for c, (h, size) in zip(files, got, strict=True):
+            if self._headers.get(c) is None:
+                self._headers.put(c, _Header(h, 0 if h.is_symlink else size))
+        d.recorded = True
+        return True
+
+    def _record_headers(self, d: _Dir) -> None:
+        """After a whole listing: offer its files' headers to the index (in batches)."""
+        if d.recorded or not d.tree or (self._hindex_tried and self._hindex is None):
+            return
+        d.recorded = True
+        headers = []
+        for _n, is_dir, c, _m in d.entries:
+            if not is_dir:
+                h = self._headers.get(c)
+                if h is None or h.header is None:
+                    return  # evicted already (a huge directory), or damaged
+                headers.append((h.header, h.size))
+        self._hpending.append((d.tree, dirheaders.pack(headers)))
+        if len(self._hpending) >= HEADER_RECORD_BATCH:
+            self.flush_headers()
+
+    def flush_headers(self) -> None:
+        """Write the headers gathered so far to the index."""
+        pending, self._hpending = self._hpending, []
+        if pending and (idx := self._index()) is not None:
+            try:
+                idx.store_dir_headers(pending)
+            except Exception:  # noqa: BLE001 - e.g. a read-only repository: skip it
+                self._hindex = None
+
     def _load_headers(self, checksums: list[str]) -> list[_Header]:
         return [self._read_header(c) for c in checksums]
 
@@ -527,12 +597,13 @@ class CommitVFS:
         if not node.is_dir:
             raise NotADir(ino)
         d = self._dir(node.checksum)
-        if start == 0:
+        if start == 0 and not self._recorded_headers(d):
             self._prefetch_headers(d)
         for i in range(start, len(d.entries)):
             n, is_dir, c, m = d.entries[i]
             child = self._child(ino, n, is_dir, c, m)
             yield i + 1, n, self._attrs(child, strict=False)
+        self._record_headers(d)
 
     def readlink(self, ino: int) -> str:
         node = self._node(ino)
@@ -645,7 +716,8 @@ class CommitVFS:
             os.close(handle.fd)
 
     def close(self) -> None:
-        """Close every open object file (at unmount)."""
+        """Close every open object file and record what is pending (at unmount)."""
+        self.flush_headers()
         for fh in list(self._handles):
             self.release(fh)
         for h in self._objfds.values():
@@ -967,7 +1039,8 @@ class HistoryVFS(CommitVFS):
         if key.startswith(_H_REFS):
             return self._refs_dir(key[len(_H_REFS):])
         if key.startswith(_C):
-            return _Dir(self.repo.load_dirtree(self.repo.load_commit(key[len(_C):]).root_tree))
+            root = self.repo.load_commit(key[len(_C):]).root_tree
+            return _Dir(self.repo.load_dirtree(root), root)
         return super()._load_dir(key)
 
     def _refs_dir(self, prefix: str) -> _Dir:

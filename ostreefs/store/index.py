@@ -11,6 +11,10 @@ Databases:
 ``dirs``     "XX" -> mtime_ns of ``objects/XX`` when the catalog last matched it
 ``inodes``   st_dev + st_ino of a content object file -> raw checksum, so a commit of a
              hardlinked checkout can name each file's object without reading it
+``dirheaders`` raw dirtree checksum -> the headers of its files
+             (:mod:`ostreefs.store.dirheaders`), so a mount lists a directory without
+             opening each file's object; never stale, since a dirtree's checksum fixes
+             its files' headers
 
 The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
 with the recorded one and rescans only the directories that changed, which catches a
@@ -27,7 +31,7 @@ import os
 import shutil
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +55,8 @@ DIR_SETTLE_NS = 2_000_000_000
 
 
 _ENVS: dict[str, Any] = {}
+#: The process that opened each environment: LMDB must not be used across a fork.
+_ENV_PIDS: dict[str, int] = {}
 
 
 def _ino_key(dev: int, ino: int) -> bytes:
@@ -85,6 +91,7 @@ class Index:
         self.dirs = env.open_db(b"dirs")
         self.info = env.open_db(b"info")
         self.inodes = env.open_db(b"inodes")
+        self.dirheaders = env.open_db(b"dirheaders")
 
     @classmethod
     def open(cls, repo: Repo) -> Index:
@@ -103,6 +110,11 @@ class Index:
                     os.mkdir(key)
                     env = _open_env(key)
                 _ENVS[key] = env
+                _ENV_PIDS[key] = os.getpid()
+            elif _ENV_PIDS.get(key) != os.getpid():
+                raise StoreError(f"The index in {path} was opened before this process "
+                                 "forked, and LMDB cannot be used across a fork",
+                                 hint="open the repository after forking")
         except (lmdb.Error, OSError) as e:
             raise StoreError(f"Cannot open the index in {path}: {e}",
                              hint="run 'ostreefs index rebuild'") from None
@@ -114,6 +126,7 @@ class Index:
                 txn.drop(idx.children, delete=False)
                 txn.drop(idx.dirs, delete=False)
                 txn.drop(idx.stat, delete=False)
+                txn.drop(idx.dirheaders, delete=False)
             txn.put(b"schema", SCHEMA, db=idx.info)
         return idx
 
@@ -212,7 +225,7 @@ class Index:
         """Throw the derived data away and recompute it from the objects and reflogs."""
         with self.env.begin(write=True) as txn:
             for db in (self.catalog, self.commits, self.children, self.dirs, self.stat,
-                       self.reflog, self.inodes):
+                       self.reflog, self.inodes, self.dirheaders):
                 txn.drop(db, delete=False)
         self.sync()
         self._load_reflogs()
@@ -342,6 +355,23 @@ class Index:
             for key, checksum, t in items:
                 if is_checksum(checksum):
                     put(key, bytes.fromhex(checksum) + struct.pack(">Q", t), db=db)
+
+    # ----------------------------------------------------- headers by dirtree
+
+    def dir_headers(self, trees: Sequence[str]) -> list[bytes | None]:
+        """The packed file headers recorded for each dirtree (None where there are none)."""
+        with self.env.begin(buffers=False) as txn:
+            get = txn.get
+            db = self.dirheaders
+            return [get(bytes.fromhex(t), db=db) for t in trees]
+
+    def store_dir_headers(self, items: Iterable[tuple[str, bytes]]) -> None:
+        with self.env.begin(write=True) as txn:
+            put = txn.put
+            db = self.dirheaders
+            for tree, packed in items:
+                if is_checksum(tree):
+                    put(bytes.fromhex(tree), packed, db=db)
 
     def sync_to_disk(self) -> None:
         self.env.sync(True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from treegen import diff_snapshots, snapshot
 
 from ostreefs.errors import StoreError
 from ostreefs.mount.vfs import ROOT_INO, CommitVFS, NoSuchEntry, NoSuchXattr, NotADir
+from ostreefs.store.index import INDEX_DIR
 from ostreefs.store.objects import ObjectType
 from ostreefs.store.refs import rev_parse
 from ostreefs.store.repo import Repo
@@ -213,6 +215,7 @@ def test_corrupt_archive_object_fails_only_that_file(mode_repo: Callable[[str], 
 def test_missing_object_gives_placeholder(mode_repo: Callable[[str], Path],
                                           tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)  # no recorded headers
     r = Repo.open(repo)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     name, _ino, csum = _first_file(vfs)
@@ -236,3 +239,70 @@ def test_owner_override(mode_repo: Callable[[str], Path]) -> None:
     vfs = open_vfs(mode_repo("bare-user"), uid=4321, gid=8765)
     seen = [a for _o, _n, a in vfs.entries(ROOT_INO)] + [vfs.attrs(ROOT_INO)]
     assert {(a.uid, a.gid) for a in seen} == {(4321, 8765)}
+
+
+def _recording(vfs: CommitVFS) -> dict[str, dict[str, object]]:
+    """Snapshot through a VFS, then write the headers it gathered to the index."""
+    snap = vfs_snapshot(vfs)
+    vfs.close()
+    return snap
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_recorded_headers_match_checkout(mode_repo: Callable[[str], Path], ostree: Tool,
+                                         tmp_path: Path, mode: str) -> None:
+    repo = repo_copy(mode_repo(mode), tmp_path / "repo")
+    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
+    ostree("checkout", f"--repo={repo}", "m", str(tmp_path / "co"), env=UTF8)
+    want = snapshot(tmp_path / "co")
+    first = _recording(open_vfs(repo))
+    assert first == want, diff_snapshots(first, want)
+    # A second view lists every directory from the index: no file header is read from
+    # an object (reads still open the objects), and it shows the same tree.
+    r = Repo.open(repo)
+    loads: list[str] = []
+    real = r.load_file_header
+
+    def counting(checksum: str) -> tuple[object, int]:
+        loads.append(checksum)
+        return real(checksum)
+
+    r.load_file_header = counting  # type: ignore[method-assign,assignment]
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    second = vfs_snapshot(vfs)
+    assert second == want, diff_snapshots(second, want)
+    assert loads == []
+    assert r.index.dir_headers([vfs._nodes[ROOT_INO].checksum])[0]
+
+
+def test_recorded_headers_outlive_a_missing_object(mode_repo: Callable[[str], Path],
+                                                   tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
+    vfs = open_vfs(repo)
+    before = {n: a for _o, n, a in vfs.entries(ROOT_INO)}
+    vfs.close()
+    name, _ino, csum = _first_file(open_vfs(repo))
+    r = Repo.open(repo)
+    os.unlink(r.object_path_str(csum, ObjectType.FILE))
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    listed = {n: a for _o, n, a in vfs.entries(ROOT_INO)}
+    # The commit's metadata for the file is still known; its content is not.
+    assert not listed[name].volatile
+    assert (listed[name].mode, listed[name].size) == (before[name].mode, before[name].size)
+    assert vfs.attrs(listed[name].ino).size == before[name].size
+    with pytest.raises(StoreError):
+        vfs_read_all(vfs, listed[name].ino)
+
+
+def test_damaged_header_record_is_ignored(mode_repo: Callable[[str], Path],
+                                          tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
+    want = _recording(open_vfs(repo))
+    r = Repo.open(repo)
+    root = CommitVFS(r, rev_parse(r, "m"))._nodes[ROOT_INO].checksum
+    good = r.index.dir_headers([root])[0]
+    assert good
+    r.index.store_dir_headers([(root, good[:-3])])  # truncated: not the files it names
+    assert vfs_snapshot(CommitVFS(r, rev_parse(r, "m"))) == want

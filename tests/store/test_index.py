@@ -366,3 +366,22 @@ def test_branch_head_after_cached_commit(repo: Repo, tree: Path, ostree) -> None
     assert ostree("ls", f"--repo={repo.path}", "-R", "main").stdout == \
         ostree("ls", f"--repo={repo.path}", "-R", c1.checksum).stdout
     ostree("fsck", f"--repo={repo.path}")
+
+
+def test_an_index_opened_before_a_fork_is_refused_after_it(repo: Repo) -> None:
+    from ostreefs.errors import StoreError
+
+    repo.index.object_count()  # the environment is open in this process
+    pid = os.fork()
+    if pid == 0:  # the child: LMDB forbids using the parent's environment
+        code = 3
+        try:
+            _ = Repo.open(repo.path).index
+        except StoreError as e:
+            code = 0 if "fork" in str(e) else 4
+        except BaseException:  # noqa: B036 - any other outcome is a failure code
+            code = 5
+        os._exit(code)  # allowed-exit: a forked test child must not return to pytest
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert repo.index.object_count() >= 0  # and the parent's still works
