@@ -416,11 +416,13 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
         pyfuse3.init(ops, mp, fuse_opts)
     except RuntimeError as e:
         raise MountError(f"Cannot mount at {mp}: {e}") from None
-    vfs.start()  # threads only now: a daemon forks before it mounts
     log.info("mounted commit %s at %s", vfs.commit, mp)
     if ready_fd is not None:
         os.write(ready_fd, b"ok")
         os.close(ready_fd)
+    # Threads (and the index) only now: a daemon forks before it mounts. Requests that
+    # come meanwhile wait in the kernel.
+    vfs.start()
     state = {"signalled": False}
     try:
         if MAIN_SYNC:

@@ -261,6 +261,7 @@ class CommitVFS:
         self._dirmeta: _LRU[str, tuple[int, int, int, Xattrs]] = _LRU(DIRTREE_CACHE)
         self._counts: dict[int, int] | None = None
         self._counter: threading.Thread | None = None
+        self._count_errors = 0  # dirtrees the pass could not read: counts not recorded
         self._pool: ThreadPoolExecutor | None = None
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
@@ -351,15 +352,33 @@ class CommitVFS:
         serves, once mounted. The first stat of a file needs the counts, and a user's
         first look is a few directory lookups away from one: those overlap the pass."""
         if self._count_in_background and self._counts is None and self._counter is None:
-            self._counter = threading.Thread(target=self._count_background, daemon=True,
-                                             name="ostreefs-count")
-            self._counter.start()
+            self._counts = self._recorded_counts()
+            if self._counts is None:
+                self._counter = threading.Thread(target=self._count_background,
+                                                 daemon=True, name="ostreefs-count")
+                self._counter.start()
+
+    def _recorded_counts(self) -> dict[int, int] | None:
+        """The counts the index recorded for the mounted tree by an earlier pass."""
+        idx = self._index()
+        if idx is None:
+            return None
+        try:
+            return idx.link_counts(self._nodes[ROOT_INO].checksum)
+        except Exception:  # noqa: BLE001 - derived data: count again instead
+            return None
 
     def _count_background(self) -> None:
         try:
-            self._counts = self._count_objects()
+            counts = self._count_objects()
         except Exception:  # noqa: BLE001 - the pass is redone, and reported, on demand
-            pass
+            return
+        self._counts = counts
+        if self._count_errors == 0 and (idx := self._index()) is not None:
+            try:  # a tree's counts never change: the next mount of it skips the pass
+                idx.store_link_counts(self._nodes[ROOT_INO].checksum, counts)
+            except Exception:  # noqa: BLE001 - e.g. a read-only repository
+                pass
 
     def _io_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -397,11 +416,13 @@ class CommitVFS:
                 for tree in level:
                     raw = data[tree]
                     if raw is None:
+                        self._count_errors += 1
                         continue
                     try:
                         files, dirs = dirtree_checksums(raw)
                     except MalformedData as e:
                         self._report(tree, CorruptObject(tree, "dirtree", e.args[1]))
+                        self._count_errors += 1
                         continue
                     for c in files:
                         k = int.from_bytes(c[:8], "big")

@@ -15,6 +15,9 @@ Databases:
              (:mod:`ostreefs.store.dirheaders`), so a mount lists a directory without
              opening each file's object; never stale, since a dirtree's checksum fixes
              its files' headers
+``linkcounts`` raw dirtree checksum -> (u64 BE object key, u32 BE count) pairs: how
+             often each content object that occurs more than once occurs in the whole
+             tree below (a mount's st_nlink); the key is the checksum's first 8 bytes
 
 The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
 with the recorded one and rescans only the directories that changed, which catches a
@@ -92,6 +95,7 @@ class Index:
         self.info = env.open_db(b"info")
         self.inodes = env.open_db(b"inodes")
         self.dirheaders = env.open_db(b"dirheaders")
+        self.linkcounts = env.open_db(b"linkcounts")
 
     @classmethod
     def open(cls, repo: Repo) -> Index:
@@ -127,6 +131,7 @@ class Index:
                 txn.drop(idx.dirs, delete=False)
                 txn.drop(idx.stat, delete=False)
                 txn.drop(idx.dirheaders, delete=False)
+                txn.drop(idx.linkcounts, delete=False)
             txn.put(b"schema", SCHEMA, db=idx.info)
         return idx
 
@@ -225,7 +230,7 @@ class Index:
         """Throw the derived data away and recompute it from the objects and reflogs."""
         with self.env.begin(write=True) as txn:
             for db in (self.catalog, self.commits, self.children, self.dirs, self.stat,
-                       self.reflog, self.inodes, self.dirheaders):
+                       self.reflog, self.inodes, self.dirheaders, self.linkcounts):
                 txn.drop(db, delete=False)
         self.sync()
         self._load_reflogs()
@@ -372,6 +377,19 @@ class Index:
             for tree, packed in items:
                 if is_checksum(tree):
                     put(bytes.fromhex(tree), packed, db=db)
+
+    def link_counts(self, tree: str) -> dict[int, int] | None:
+        """The repeated objects of a whole tree, as recorded (see ``linkcounts``)."""
+        with self.env.begin(buffers=False) as txn:
+            v = txn.get(bytes.fromhex(tree), db=self.linkcounts)
+        if v is None or len(v) % 12:
+            return None
+        return dict(struct.iter_unpack(">QI", v))
+
+    def store_link_counts(self, tree: str, counts: dict[int, int]) -> None:
+        packed = b"".join(struct.pack(">QI", k, n) for k, n in sorted(counts.items()))
+        with self.env.begin(write=True) as txn:
+            txn.put(bytes.fromhex(tree), packed, db=self.linkcounts)
 
     def sync_to_disk(self) -> None:
         self.env.sync(True)

@@ -306,3 +306,36 @@ def test_damaged_header_record_is_ignored(mode_repo: Callable[[str], Path],
     assert good
     r.index.store_dir_headers([(root, good[:-3])])  # truncated: not the files it names
     assert vfs_snapshot(CommitVFS(r, rev_parse(r, "m"))) == want
+
+
+def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
+                                       tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
+    want = vfs_hardlinks(open_vfs(repo))  # counted on demand, nothing recorded
+    first = open_vfs(repo)
+    first.start()  # counts on a thread, then records them
+    assert first._counter is not None
+    first._counter.join()
+    root = first._nodes[ROOT_INO].checksum
+    assert first.repo.index.link_counts(root) == first._counts
+    assert first._counts  # the generated tree has hardlinks
+    second = open_vfs(repo)
+    second.start()
+    assert second._counter is None  # no pass: the record is used
+    assert vfs_hardlinks(second) == want
+
+
+def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str], Path],
+                                                        tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
+    vfs = open_vfs(repo)
+    sub = vfs.lookup(ROOT_INO, "level 00")
+    os.unlink(vfs.repo.object_path_str(vfs._nodes[sub.ino].checksum, ObjectType.DIR_TREE))
+    vfs = open_vfs(repo)
+    vfs.start()
+    assert vfs._counter is not None
+    vfs._counter.join()
+    assert vfs._counts is not None
+    assert vfs.repo.index.link_counts(vfs._nodes[ROOT_INO].checksum) is None
