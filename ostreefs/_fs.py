@@ -12,7 +12,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import secrets
 import struct
 import time
 from collections.abc import Iterator
@@ -46,7 +45,7 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def tmp_name(prefix: str = ".tmp-") -> str:
-    return prefix + secrets.token_hex(8)
+    return prefix + os.urandom(8).hex()  # what secrets.token_hex does, without its imports
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True,

@@ -8,7 +8,6 @@ validates when it loads an object (names, checksum lengths), because a name such
 
 from __future__ import annotations
 
-import hashlib
 import re
 import stat
 import struct
@@ -117,6 +116,8 @@ def _decode(what: str, sig: str, data: bytes) -> Any:
 
 
 def sha256_hex(data: bytes) -> str:
+    import hashlib  # here: loading OpenSSL is a tenth of a cold mount's imports
+
     return hashlib.sha256(data).hexdigest()
 
 
