@@ -86,6 +86,8 @@ ZAHEAD = 1 << 20
 ZCHECKPOINT_MIN = 8 << 20
 #: Directories whose file headers are written to the index at once.
 HEADER_RECORD_BATCH = 256
+#: Dirtrees of a mounted tree (breadth first) recorded for a later mount to read ahead.
+READAHEAD_TREES = 8192
 
 
 class MountError(OstreefsError):
@@ -262,6 +264,7 @@ class CommitVFS:
         self._counts: dict[int, int] | None = None
         self._counter: threading.Thread | None = None
         self._count_errors = 0  # dirtrees the pass could not read: counts not recorded
+        self._walked: list[bytes] = []  # dirtrees the pass read, for the record
         self._pool: ThreadPoolExecutor | None = None
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
@@ -351,20 +354,26 @@ class CommitVFS:
         """Begin the hardlink-count pass in the background; call it in the process that
         serves, once mounted. The first stat of a file needs the counts, and a user's
         first look is a few directory lookups away from one: those overlap the pass."""
-        if self._count_in_background and self._counts is None and self._counter is None:
-            self._counts = self._recorded_counts()
-            if self._counts is None:
-                self._counter = threading.Thread(target=self._count_background,
-                                                 daemon=True, name="ostreefs-count")
-                self._counter.start()
+        if not self._count_in_background or self._counts is not None \
+                or self._counter is not None:
+            return
+        walk = self._recorded_walk()
+        if walk is None:
+            self._counter = threading.Thread(target=self._count_background, daemon=True,
+                                             name="ostreefs-count")
+        else:  # counted before: only ask the disk for the dirtrees a walk will read
+            self._counts, trees = walk
+            self._counter = threading.Thread(target=self._read_ahead, args=(trees,),
+                                             daemon=True, name="ostreefs-readahead")
+        self._counter.start()
 
-    def _recorded_counts(self) -> dict[int, int] | None:
-        """The counts the index recorded for the mounted tree by an earlier pass."""
+    def _recorded_walk(self) -> tuple[dict[int, int], list[bytes]] | None:
+        """What the index recorded of the mounted tree by an earlier pass."""
         idx = self._index()
         if idx is None:
             return None
         try:
-            return idx.link_counts(self._nodes[ROOT_INO].checksum)
+            return idx.tree_walk(self._nodes[ROOT_INO].checksum)
         except Exception:  # noqa: BLE001 - derived data: count again instead
             return None
 
@@ -375,10 +384,34 @@ class CommitVFS:
             return
         self._counts = counts
         if self._count_errors == 0 and (idx := self._index()) is not None:
-            try:  # a tree's counts never change: the next mount of it skips the pass
-                idx.store_link_counts(self._nodes[ROOT_INO].checksum, counts)
+            try:  # a tree never changes: the next mount of it skips the pass
+                idx.store_tree_walk(self._nodes[ROOT_INO].checksum, counts,
+                                    self._walked[:READAHEAD_TREES])
             except Exception:  # noqa: BLE001 - e.g. a read-only repository
                 pass
+        self._walked = []
+
+    def _read_ahead(self, trees: list[bytes]) -> None:
+        """Ask the disk for dirtrees a walk will want one at a time, a few threads at
+        once (what the count pass did as a side effect, without the parsing)."""
+        pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-readahead")
+        try:
+            list(pool.map(self._advise_trees,
+                          [trees[i:i + IO_BATCH] for i in range(0, len(trees), IO_BATCH)]))
+        finally:
+            pool.shutdown(wait=False)
+
+    def _advise_trees(self, trees: list[bytes]) -> None:
+        path = self.repo.object_path_str
+        for raw in trees:
+            try:
+                fd = os.open(path(raw.hex(), ObjectType.DIR_TREE), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # a missing dirtree is reported when a walk reaches it
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def _io_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -403,6 +436,7 @@ class CommitVFS:
         """
         seen: dict[int, int] = {}
         level = [self._nodes[ROOT_INO].checksum]
+        self._walked = [bytes.fromhex(level[0])]
         pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-count")
         try:
             while level:
@@ -428,6 +462,8 @@ class CommitVFS:
                         k = int.from_bytes(c[:8], "big")
                         seen[k] = seen.get(k, 0) + 1
                     nxt.extend(c.hex() for c in dirs)
+                    if len(self._walked) < READAHEAD_TREES:
+                        self._walked.extend(dirs)
                 level = nxt
         finally:
             pool.shutdown(wait=False)

@@ -15,9 +15,11 @@ Databases:
              (:mod:`ostreefs.store.dirheaders`), so a mount lists a directory without
              opening each file's object; never stale, since a dirtree's checksum fixes
              its files' headers
-``linkcounts`` raw dirtree checksum -> (u64 BE object key, u32 BE count) pairs: how
-             often each content object that occurs more than once occurs in the whole
-             tree below (a mount's st_nlink); the key is the checksum's first 8 bytes
+``treewalks`` raw dirtree checksum -> what a walk of the whole tree below found: how
+             often each content object that occurs more than once occurs (a mount's
+             st_nlink; u32 BE n, then n pairs of u64 BE key (the checksum's first 8
+             bytes) and u32 BE count) and every dirtree in it (raw, breadth first),
+             so a mount can ask the disk for them all ahead of a walk
 
 The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
 with the recorded one and rescans only the directories that changed, which catches a
@@ -95,7 +97,7 @@ class Index:
         self.info = env.open_db(b"info")
         self.inodes = env.open_db(b"inodes")
         self.dirheaders = env.open_db(b"dirheaders")
-        self.linkcounts = env.open_db(b"linkcounts")
+        self.treewalks = env.open_db(b"treewalks")
 
     @classmethod
     def open(cls, repo: Repo) -> Index:
@@ -131,7 +133,7 @@ class Index:
                 txn.drop(idx.dirs, delete=False)
                 txn.drop(idx.stat, delete=False)
                 txn.drop(idx.dirheaders, delete=False)
-                txn.drop(idx.linkcounts, delete=False)
+                txn.drop(idx.treewalks, delete=False)
             txn.put(b"schema", SCHEMA, db=idx.info)
         return idx
 
@@ -230,7 +232,7 @@ class Index:
         """Throw the derived data away and recompute it from the objects and reflogs."""
         with self.env.begin(write=True) as txn:
             for db in (self.catalog, self.commits, self.children, self.dirs, self.stat,
-                       self.reflog, self.inodes, self.dirheaders, self.linkcounts):
+                       self.reflog, self.inodes, self.dirheaders, self.treewalks):
                 txn.drop(db, delete=False)
         self.sync()
         self._load_reflogs()
@@ -378,18 +380,26 @@ class Index:
                 if is_checksum(tree):
                     put(bytes.fromhex(tree), packed, db=db)
 
-    def link_counts(self, tree: str) -> dict[int, int] | None:
-        """The repeated objects of a whole tree, as recorded (see ``linkcounts``)."""
+    def tree_walk(self, tree: str) -> tuple[dict[int, int], list[bytes]] | None:
+        """The link counts and dirtrees of a whole tree, as recorded (``treewalks``)."""
         with self.env.begin(buffers=False) as txn:
-            v = txn.get(bytes.fromhex(tree), db=self.linkcounts)
-        if v is None or len(v) % 12:
+            v = txn.get(bytes.fromhex(tree), db=self.treewalks)
+        if v is None or len(v) < 4:
             return None
-        return dict(struct.iter_unpack(">QI", v))
+        n = int.from_bytes(v[:4], "big")
+        end = 4 + 12 * n
+        if len(v) < end or (len(v) - end) % 32:
+            return None
+        counts = dict(struct.iter_unpack(">QI", v[4:end]))
+        return counts, [v[i:i + 32] for i in range(end, len(v), 32)]
 
-    def store_link_counts(self, tree: str, counts: dict[int, int]) -> None:
-        packed = b"".join(struct.pack(">QI", k, n) for k, n in sorted(counts.items()))
+    def store_tree_walk(self, tree: str, counts: dict[int, int],
+                        trees: Sequence[bytes]) -> None:
+        packed = b"".join([len(counts).to_bytes(4, "big"),
+                           *(struct.pack(">QI", k, n) for k, n in sorted(counts.items())),
+                           *trees])
         with self.env.begin(write=True) as txn:
-            txn.put(bytes.fromhex(tree), packed, db=self.linkcounts)
+            txn.put(bytes.fromhex(tree), packed, db=self.treewalks)
 
     def sync_to_disk(self) -> None:
         self.env.sync(True)

@@ -318,11 +318,21 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     assert first._counter is not None
     first._counter.join()
     root = first._nodes[ROOT_INO].checksum
-    assert first.repo.index.link_counts(root) == first._counts
+    walk = first.repo.index.tree_walk(root)
+    assert walk is not None and walk[0] == first._counts
     assert first._counts  # the generated tree has hardlinks
+    # Every dirtree of the tree, for the read-ahead of a later mount.
+    reachable, todo = set(), [root]
+    while todo:
+        t = todo.pop()
+        reachable.add(t)
+        todo.extend(c for _n, c, _m in first.repo.load_dirtree(t).dirs)
+    assert {t.hex() for t in walk[1]} == reachable and len(reachable) > 10
     second = open_vfs(repo)
     second.start()
-    assert second._counter is None  # no pass: the record is used
+    assert second._counts == first._counts  # at once: no pass, the record is used
+    assert second._counter is not None and second._counter.name == "ostreefs-readahead"
+    second._counter.join()
     assert vfs_hardlinks(second) == want
 
 
@@ -338,4 +348,4 @@ def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str
     assert vfs._counter is not None
     vfs._counter.join()
     assert vfs._counts is not None
-    assert vfs.repo.index.link_counts(vfs._nodes[ROOT_INO].checksum) is None
+    assert vfs.repo.index.tree_walk(vfs._nodes[ROOT_INO].checksum) is None
