@@ -8,7 +8,6 @@ ostree and ostreefs exclude each other on a shared repository.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -17,12 +16,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding ``fd``: one call instead of an fsync per file."""
-    if _libc.syncfs(fd) != 0:
+    import ctypes  # here: a cold ``ostreefs mount`` has no use for it
+
+    if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

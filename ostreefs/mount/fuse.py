@@ -23,7 +23,6 @@ import errno
 import logging
 import os
 import signal
-import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -328,6 +327,8 @@ def clear_stale(mountpoint: str) -> bool:
         if e.errno != errno.ENOTCONN:
             return False
     log.warning("clearing stale mount at %s (its daemon is gone)", mountpoint)
+    import subprocess  # here: serving never needs it
+
     subprocess.run([FUSERMOUNT, "-uz", mountpoint], capture_output=True, check=False)
     return True
 
@@ -337,6 +338,8 @@ def umount(mountpoint: str) -> None:
     mp = os.path.abspath(mountpoint)
     if clear_stale(mp):
         return
+    import subprocess
+
     proc = subprocess.run([FUSERMOUNT, "-u", mp], capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
