@@ -892,9 +892,10 @@ class _ZStream:
             self._checkpoints.append((self._upos, self._fpos, d.copy(), self._tail))
         while True:
             inp = self._tail
-            if not inp:
-                if d.eof:
-                    return b""
+            # No input left, or only a leftover (the slack a previous call read beyond
+            # what it inflated): read on. Inflating a leftover alone would give a few
+            # KiB, and every read after it would have to join pieces.
+            if len(inp) < ZIN_SLACK and not d.eof:
                 if self._fpos + ZPREFETCH // 2 > self._prefetched:
                     self._prefetched = max(self._prefetched, self._fpos) + ZPREFETCH
                     try:
@@ -903,14 +904,15 @@ class _ZStream:
                     except OSError:
                         pass  # only a hint
                 try:
-                    inp = os.pread(self._fd, min(ZIN_CHUNK, limit + ZIN_SLACK),
-                                   self._fpos)
+                    more = os.pread(self._fd, min(ZIN_CHUNK, limit + ZIN_SLACK),
+                                    self._fpos)
                 except OSError as e:
                     raise StoreError(f"Cannot read object {self.checksum}: "
                                      f"{e.strerror}") from None
-                self._fpos += len(inp)
-                if not inp:
-                    return b""
+                self._fpos += len(more)
+                inp = inp + more if inp else more
+            if not inp:
+                return b""
             try:
                 out = d.decompress(inp, min(limit, ZOUT_CHUNK))
             except zlib.error as e:
