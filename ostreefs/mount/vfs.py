@@ -265,6 +265,8 @@ class CommitVFS:
         self._counter: threading.Thread | None = None
         self._count_errors = 0  # dirtrees the pass could not read: counts not recorded
         self._walked: list[bytes] = []  # dirtrees the pass read, for the record
+        #: What the count pass found, for flush_headers to record.
+        self._walk_record: tuple[dict[int, int], list[bytes]] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
@@ -383,12 +385,10 @@ class CommitVFS:
         except Exception:  # noqa: BLE001 - the pass is redone, and reported, on demand
             return
         self._counts = counts
-        if self._count_errors == 0 and (idx := self._index()) is not None:
-            try:  # a tree never changes: the next mount of it skips the pass
-                idx.store_tree_walk(self._nodes[ROOT_INO].checksum, counts,
-                                    self._walked[:READAHEAD_TREES])
-            except Exception:  # noqa: BLE001 - e.g. a read-only repository
-                pass
+        if self._count_errors == 0:
+            # A tree never changes: the next mount of it skips the pass. Written with the
+            # headers, by the serving thread (the index is only used from that thread).
+            self._walk_record = (counts, self._walked[:READAHEAD_TREES])
         self._walked = []
 
     def _read_ahead(self, trees: list[bytes]) -> None:
@@ -533,11 +533,16 @@ class CommitVFS:
             self.flush_headers()
 
     def flush_headers(self) -> None:
-        """Write the headers gathered so far to the index."""
+        """Write what was gathered for the index so far: file headers, and the count
+        pass's record once it has finished. Only from the serving thread."""
         pending, self._hpending = self._hpending, []
-        if pending and (idx := self._index()) is not None:
+        walk, self._walk_record = self._walk_record, None
+        if (pending or walk) and (idx := self._index()) is not None:
             try:
-                idx.store_dir_headers(pending)
+                if pending:
+                    idx.store_dir_headers(pending)
+                if walk:
+                    idx.store_tree_walk(self._nodes[ROOT_INO].checksum, *walk)
             except Exception:  # noqa: BLE001 - e.g. a read-only repository: skip it
                 self._hindex = None
 

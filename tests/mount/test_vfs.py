@@ -332,9 +332,10 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
     want = vfs_hardlinks(open_vfs(repo))  # counted on demand, nothing recorded
     first = open_vfs(repo)
-    first.start()  # counts on a thread, then records them
+    first.start()  # counts on a thread
     assert first._counter is not None
     first._counter.join()
+    first.close()  # records what the pass found
     root = first._nodes[ROOT_INO].checksum
     walk = first.repo.index.tree_walk(root)
     assert walk is not None and walk[0] == first._counts
@@ -366,4 +367,5 @@ def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str
     assert vfs._counter is not None
     vfs._counter.join()
     assert vfs._counts is not None
+    vfs.close()
     assert vfs.repo.index.tree_walk(vfs._nodes[ROOT_INO].checksum) is None
