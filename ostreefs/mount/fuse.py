@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -420,44 +420,88 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
     except RuntimeError as e:
         raise MountError(f"Cannot mount at {mp}: {e}") from None
     log.info("mounted commit %s at %s", vfs.commit, mp)
-    if ready_fd is not None:
-        os.write(ready_fd, b"ok")
-        os.close(ready_fd)
-    # Threads (and the index) only now: a daemon forks before it mounts. Requests that
-    # come meanwhile wait in the kernel.
-    vfs.start()
-    state = {"signalled": False}
-    try:
-        if MAIN_SYNC:
-            _main_sync(state)
-        else:
-            import trio  # only stock pyfuse3 needs it (and it is slow to import)
+    state = {"signalled": False, "serving": False}
+    with ExitStack() as stack:
+        wakeup = stack.enter_context(_stop_on_signals(state)) if MAIN_SYNC else -1
+        served = False
+        try:
+            if ready_fd is not None:
+                os.write(ready_fd, b"ok")
+                _retire(ready_fd)
+            # Threads (and the index) only now: a daemon forks before it mounts.
+            # Requests that come meanwhile wait in the kernel.
+            vfs.start()
+            if MAIN_SYNC:
+                _main_sync(state, wakeup)
+            else:
+                import trio  # only stock pyfuse3 needs it (and it is slow to import)
 
-            trio.run(_main, state)
-    finally:
-        # After a signal we unmount; after an external unmount there is nothing to undo.
-        pyfuse3.close(unmount=state["signalled"])
-        vfs.close()
-        log.info("unmounted %s", mp)
+                trio.run(_main, state)
+            served = True
+        except _Signalled:
+            served = True
+        finally:
+            # After a signal or a failure we unmount (a failed daemon must not leave
+            # a dead mount behind); after an external unmount there is nothing to undo.
+            state["serving"] = False
+            pyfuse3.close(unmount=state["signalled"] or not served)
+            vfs.close()
+            log.info("unmounted %s", mp)
+
+
+def _retire(fd: int) -> None:
+    """Close ``fd`` but keep its number taken (by /dev/null): an error the daemon
+    reports to its parent after "ok" must not land in a file opened since."""
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 class _Signalled(BaseException):
     """Raised by a signal handler to end main_sync (not an error: we unmount)."""
 
 
-def _main_sync(state: dict[str, bool]) -> None:
-    def stop(_signum: int, _frame: object) -> None:
-        state["signalled"] = True
-        raise _Signalled
+@contextmanager
+def _stop_on_signals(state: dict[str, bool]) -> Iterator[int]:
+    """While serving, SIGINT, SIGTERM and SIGHUP end main_sync (the first one raises
+    _Signalled in the serving thread) and ask for an unmount; outside serving they
+    only ask. Yields the wakeup pipe main_sync waits on, so that no signal is missed.
+    The handlers are swapped with the signals blocked (no half-installed state)."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    def stop(_signum: int, _frame: object) -> None:
+        first = not state["signalled"]
+        state["signalled"] = True
+        if first and state["serving"]:
+            raise _Signalled
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    old = {s: signal.signal(s, stop) for s in sigs}
+    old_fd = signal.set_wakeup_fd(w)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
-        pyfuse3.main_sync()  # type: ignore[attr-defined]  # the patched build's
+        yield r
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        signal.set_wakeup_fd(old_fd)
+        for s, h in old.items():
+            signal.signal(s, h)
+        os.close(r)
+        os.close(w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _main_sync(state: dict[str, bool], wakeup: int) -> None:
+    state["serving"] = True
+    try:
+        if state["signalled"]:  # before serving began: it only asked
+            return
+        pyfuse3.main_sync(wakeup)  # type: ignore[attr-defined]  # the patched build's
     except _Signalled:
         pass
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        state["serving"] = False
 
 
 async def _main(state: dict[str, bool]) -> None:
