@@ -272,6 +272,7 @@ class CommitVFS:
         self._next_fh = 1
         self._hindex: Index | None = None
         self._hindex_tried = False
+        self._writer: ThreadPoolExecutor | None = None  # index writes (flush_headers)
         self._hpending: list[tuple[str, bytes]] = []
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
         self._objfds: _LRU[str, _Open] = _LRU(OBJFD_CACHE)
@@ -486,22 +487,35 @@ class CommitVFS:
                     self._headers.put(c, h)
 
     def _index(self) -> Index | None:
-        """The repository's index, opened on first use; None where it cannot be (a
-        read-only repository, or an index opened before the daemon forked): it is only
-        a shortcut."""
+        """The repository's index, opened on first use; None where it cannot be or
+        should not be (a read-only repository, an index opened before the daemon
+        forked, or one this user does not own: root mounting a user's repository must
+        not leave root-owned index files there). It is only a shortcut."""
         if not self._hindex_tried:
             self._hindex_tried = True
             try:
-                self._hindex = self.repo.index
+                if self._owns_index():
+                    self._hindex = self.repo.index
             except Exception:  # noqa: BLE001 - derived data: without it, read objects
                 self._hindex = None
         return self._hindex
 
+    def _owns_index(self) -> bool:
+        from ostreefs.store.index import INDEX_DIR
+
+        try:
+            st = os.stat(self.repo.path / INDEX_DIR)
+        except FileNotFoundError:
+            st = os.stat(self.repo.path)  # it would be created: whose repository is it?
+        return st.st_uid == os.geteuid()
+
     def _recorded_headers(self, d: _Dir) -> bool:
         """Put the headers of a directory's files, as the index recorded them for its
         dirtree, into the header cache; whether it had them."""
-        if d.recorded or not d.tree or (idx := self._index()) is None:
-            return d.recorded
+        # (Asked again on every whole listing: the headers may have left the cache
+        # since the last one, which the kernel's listing cache makes rare.)
+        if not d.tree or (idx := self._index()) is None:
+            return False
         files = [c for _n, is_dir, c, _m in d.entries if not is_dir]
         try:
             raw = idx.dir_headers([d.tree])[0]
@@ -536,15 +550,26 @@ class CommitVFS:
         """Write what was gathered for the index so far: file headers, and the count
         pass's record once it has finished. Only from the serving thread."""
         pending, self._hpending = self._hpending, []
-        walk, self._walk_record = self._walk_record, None
+        walk = self._walk_record  # set once, by the count thread: take it if it is there
+        if walk is not None:
+            self._walk_record = None
         if (pending or walk) and (idx := self._index()) is not None:
-            try:
-                if pending:
-                    idx.store_dir_headers(pending)
-                if walk:
-                    idx.store_tree_walk(self._nodes[ROOT_INO].checksum, *walk)
-            except Exception:  # noqa: BLE001 - e.g. a read-only repository: skip it
-                self._hindex = None
+            # Written by a thread of their own: a write waits for LMDB's writer lock,
+            # which another process may hold for long (a rebuild), and requests must
+            # not wait with it. One thread, so only it ever takes that lock here.
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="ostreefs-index")
+            self._writer.submit(self._store, idx, pending, walk)
+
+    def _store(self, idx: Index, pending: list[tuple[str, bytes]],
+               walk: tuple[dict[int, int], list[bytes]] | None) -> None:
+        try:
+            if pending:
+                idx.store_dir_headers(pending)
+            if walk:
+                idx.store_tree_walk(self._nodes[ROOT_INO].checksum, *walk)
+        except Exception:  # noqa: BLE001 - e.g. a read-only repository: records are
+            pass  # only a shortcut
 
     def _load_headers(self, checksums: list[str]) -> list[_Header]:
         return [self._read_header(c) for c in checksums]
@@ -780,6 +805,9 @@ class CommitVFS:
     def close(self) -> None:
         """Close every open object file and record what is pending (at unmount)."""
         self.flush_headers()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         for fh in list(self._handles):
             self.release(fh)
         for h in self._objfds.values():

@@ -4,8 +4,11 @@ Listing a directory of a mounted commit needs every file's mode, owner and size,
 live in each content object (an xattr, or the head of a ``.filez``): one file to open
 per entry. They are a pure function of the dirtree's checksum (a dirtree names its files'
 content checksums, and a content checksum covers its header), so once gathered they may
-be kept in the index under that checksum and are never stale: an object that is later
-damaged or deleted still fails its reads, while its metadata stays what the commit says.
+be kept in the index under that checksum. An object deleted later still fails its
+reads while its metadata stays what the commit says. A record is only as good as the
+objects it was read from: a file damaged in place (edited through a hardlinked checkout)
+would be recorded as it was, so ``fsck``, on finding a damaged file object, drops every
+record, and the index drops the records of dirtrees that are gone.
 
 A record is, per file in dirtree order, ``>IIIQI`` (uid, gid, mode, size, extra length)
 and, for a file with xattrs, a symlink target or an rdev, its archive-mode header

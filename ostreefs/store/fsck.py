@@ -230,8 +230,20 @@ def fsck(repo: Repo, delete: bool = False, threads: int | None = None,
             rep.problems.append(Problem(csum, otype, "corrupt", err, sorted(cs), path))
         if delete:
             _delete_corrupt(repo, rep)
+        if any(p.kind == "corrupt" and p.otype is ObjectType.FILE for p in rep.problems):
+            _forget_mount_records(repo)
         _check_index(repo, rep)
     return rep
+
+
+def _forget_mount_records(repo: Repo) -> None:
+    """A mount may have recorded a damaged object's header (mode, size) for its
+    directory; that record would outlive the repair. They are only a shortcut: drop
+    them all, the next mounts record them again."""
+    try:
+        repo.index.forget_mount_records()
+    except (StoreError, OSError):
+        pass  # an unusable index is reported by _check_index
 
 
 def _verify_all(repo: Repo, todo: list[tuple[str, ObjectType]], threads: int | None

@@ -13,8 +13,8 @@ Databases:
              hardlinked checkout can name each file's object without reading it
 ``dirheaders`` raw dirtree checksum -> the headers of its files
              (:mod:`ostreefs.store.dirheaders`), so a mount lists a directory without
-             opening each file's object; never stale, since a dirtree's checksum fixes
-             its files' headers
+             opening each file's object (a dirtree's checksum fixes its files'
+             headers; fsck drops them all when it finds a damaged file object)
 ``treewalks`` raw dirtree checksum -> what a walk of the whole tree below found: how
              often each content object that occurs more than once occurs (a mount's
              st_nlink; u32 BE n, then n pairs of u64 BE key (the checksum's first 8
@@ -88,6 +88,8 @@ class Index:
     def __init__(self, repo: Repo, env: Any) -> None:
         self.repo = repo
         self.env = env
+        #: The process that opened it (LMDB must not be used across a fork).
+        self.pid = os.getpid()
         self.catalog = env.open_db(b"catalog")
         self.commits = env.open_db(b"commits")
         self.children = env.open_db(b"children")
@@ -110,7 +112,7 @@ class Index:
             if env is None:
                 try:
                     env = _open_env(key)
-                except lmdb.CorruptedError:
+                except (lmdb.CorruptedError, lmdb.InvalidError):
                     # Derived data: a damaged index is thrown away and rebuilt on use.
                     shutil.rmtree(key)
                     os.mkdir(key)
@@ -215,6 +217,18 @@ class Index:
                     stale.append(key)
         for key in stale:
             self._remove(txn, key[:32], _TYPES[key[32]])
+        tree_byte = _TYPE_BYTE[ObjectType.DIR_TREE]
+        for db in (self.dirheaders, self.treewalks):  # records of dirtrees now gone
+            cur = txn.cursor(db=db)
+            gone = []
+            if cur.set_range(first):
+                for key in cur.iternext(keys=True, values=False):
+                    if key[:1] != first:
+                        break
+                    if bytes(key) + tree_byte not in on_disk:
+                        gone.append(bytes(key))
+            for key in gone:
+                txn.delete(key, db=db)
         for key, (csum, otype) in on_disk.items():
             if txn.get(key, db=self.catalog) is not None:
                 continue
@@ -379,6 +393,12 @@ class Index:
             for tree, packed in items:
                 if is_checksum(tree):
                     put(bytes.fromhex(tree), packed, db=db)
+
+    def forget_mount_records(self) -> None:
+        """Drop every ``dirheaders`` and ``treewalks`` record (after a repair)."""
+        with self.env.begin(write=True) as txn:
+            txn.drop(self.dirheaders, delete=False)
+            txn.drop(self.treewalks, delete=False)
 
     def tree_walk(self, tree: str) -> tuple[dict[int, int], list[bytes]] | None:
         """The link counts and dirtrees of a whole tree, as recorded (``treewalks``)."""

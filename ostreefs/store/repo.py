@@ -154,6 +154,10 @@ class Repo:
     @property
     def index(self) -> Index:
         """The derived LMDB index, opened on first use and brought up to date."""
+        if self._index is not None and self._index.pid != os.getpid():
+            raise StoreError(f"The index of {self.path} was opened before this process "
+                             "forked, and LMDB cannot be used across a fork",
+                             hint="open the repository after forking")
         if self._index is None:
             from ostreefs.store.index import Index
 

@@ -323,7 +323,65 @@ def test_damaged_header_record_is_ignored(mode_repo: Callable[[str], Path],
     good = r.index.dir_headers([root])[0]
     assert good
     r.index.store_dir_headers([(root, good[:-3])])  # truncated: not the files it names
-    assert vfs_snapshot(CommitVFS(r, rev_parse(r, "m"))) == want
+    loads: list[str] = []
+    real = r.load_file_header
+
+    def counting(checksum: str) -> tuple[object, int]:
+        loads.append(checksum)
+        return real(checksum)
+
+    r.load_file_header = counting  # type: ignore[method-assign,assignment]
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    root_files = {c for _n, c in r.load_dirtree(root).files}
+    assert vfs_snapshot(vfs) == want
+    assert root_files <= set(loads)  # the root's headers came from the objects
+
+
+def test_repair_forgets_recorded_headers(mode_repo: Callable[[str], Path],
+                                         tmp_path: Path) -> None:
+    from ostreefs.store.fsck import fsck
+
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    vfs = open_vfs(repo)
+    name, _ino, csum = _first_file(vfs)
+    _recording(vfs)
+    r = Repo.open(repo)
+    root = CommitVFS(r, rev_parse(r, "m"))._nodes[ROOT_INO].checksum
+    assert r.index.dir_headers([root])[0]
+    # The classic damage: a file edited in place through a hardlinked checkout.
+    with open(r.object_path_str(csum, ObjectType.FILE), "ab") as f:
+        f.write(b"edited")
+    rep = fsck(r)
+    assert any(p.checksum == csum for p in rep.problems)
+    assert r.index.dir_headers([root])[0] is None  # no record outlives the damage
+
+
+def test_records_of_a_deleted_dirtree_go_with_it(mode_repo: Callable[[str], Path],
+                                                  tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    _recording(open_vfs(repo))
+    r = Repo.open(repo)
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    sub = vfs._nodes[vfs.lookup(ROOT_INO, "level 00").ino].checksum
+    assert r.index.dir_headers([sub])[0] is not None
+    os.unlink(r.object_path_str(sub, ObjectType.DIR_TREE))  # as a prune by ostree would
+    r.index.sync()
+    assert r.index.dir_headers([sub])[0] is None
+
+
+def test_no_index_is_made_in_someone_elses_repository(mode_repo: Callable[[str], Path],
+                                                       tmp_path: Path) -> None:
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    for dirpath, dirnames, filenames in os.walk(repo):
+        for n in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, n), 4321, 4321)
+    os.lchown(repo, 4321, 4321)
+    want = vfs_snapshot(open_vfs(repo))  # root listing a user's repository
+    assert want
+    vfs = open_vfs(repo)
+    vfs_snapshot(vfs)
+    vfs.close()
+    assert not (repo / INDEX_DIR).exists()
 
 
 def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
