@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -421,32 +422,34 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
         raise MountError(f"Cannot mount at {mp}: {e}") from None
     log.info("mounted commit %s at %s", vfs.commit, mp)
     state = {"signalled": False, "serving": False}
-    with ExitStack() as stack:
-        wakeup = stack.enter_context(_stop_on_signals(state)) if MAIN_SYNC else -1
-        served = False
-        try:
+    served = False
+    try:
+        with ExitStack() as stack:
+            wakeup = -1
+            if MAIN_SYNC and threading.current_thread() is threading.main_thread():
+                wakeup = stack.enter_context(_stop_on_signals(state))
             if ready_fd is not None:
                 os.write(ready_fd, b"ok")
                 _retire(ready_fd)
-            # Threads (and the index) only now: a daemon forks before it mounts.
-            # Requests that come meanwhile wait in the kernel.
+            # Threads only now: a daemon forks before it mounts. Requests that come
+            # meanwhile wait in the kernel.
             vfs.start()
             if MAIN_SYNC:
-                _main_sync(state, wakeup)
+                state["serving"] = not state["signalled"]
+                if state["serving"]:  # (a signal before this point only asked)
+                    pyfuse3.main_sync(wakeup)  # type: ignore[attr-defined]
+                state["serving"] = False
             else:
                 import trio  # only stock pyfuse3 needs it (and it is slow to import)
 
                 trio.run(_main, state)
             served = True
-        except _Signalled:
-            served = True
-        finally:
-            # After a signal or a failure we unmount (a failed daemon must not leave
-            # a dead mount behind); after an external unmount there is nothing to undo.
-            state["serving"] = False
-            pyfuse3.close(unmount=state["signalled"] or not served)
-            vfs.close()
-            log.info("unmounted %s", mp)
+    finally:
+        # After a signal or a failure we unmount (a failed daemon must not leave a
+        # dead mount behind); after an external unmount there is nothing to undo.
+        pyfuse3.close(unmount=state["signalled"] or not served)
+        vfs.close()
+        log.info("unmounted %s", mp)
 
 
 def _retire(fd: int) -> None:
@@ -457,51 +460,46 @@ def _retire(fd: int) -> None:
     os.close(null)
 
 
-class _Signalled(BaseException):
-    """Raised by a signal handler to end main_sync (not an error: we unmount)."""
-
-
 @contextmanager
 def _stop_on_signals(state: dict[str, bool]) -> Iterator[int]:
-    """While serving, SIGINT, SIGTERM and SIGHUP end main_sync (the first one raises
-    _Signalled in the serving thread) and ask for an unmount; outside serving they
-    only ask. Yields the wakeup pipe main_sync waits on, so that no signal is missed.
-    The handlers are swapped with the signals blocked (no half-installed state)."""
+    """SIGINT, SIGTERM and SIGHUP end main_sync once the request being served is
+    answered (never in the middle of one) and ask for an unmount. Yields the wakeup
+    pipe main_sync waits on, so that no signal is missed. The handlers are swapped
+    with the signals blocked (in this thread: the others are started later)."""
     sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
     def stop(_signum: int, _frame: object) -> None:
-        first = not state["signalled"]
         state["signalled"] = True
-        if first and state["serving"]:
-            raise _Signalled
+        if state["serving"]:
+            pyfuse3.stop_sync()  # type: ignore[attr-defined]  # the patched build's
 
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    old = {s: signal.signal(s, stop) for s in sigs}
-    old_fd = signal.set_wakeup_fd(w)
+    old: dict[int, Any] = {}
+    try:
+        for s in sigs:
+            old[s] = signal.signal(s, stop)
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except BaseException:
+        _restore_signals(old, None, r, w, mask)
+        raise
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         yield r
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        _restore_signals(old, old_fd, r, w, mask)
+
+
+def _restore_signals(old: dict[int, Any], old_fd: int | None, r: int, w: int,
+                     mask: set[int | signal.Signals]) -> None:
+    if old_fd is not None:
         signal.set_wakeup_fd(old_fd)
-        for s, h in old.items():
-            signal.signal(s, h)
-        os.close(r)
-        os.close(w)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _main_sync(state: dict[str, bool], wakeup: int) -> None:
-    state["serving"] = True
-    try:
-        if state["signalled"]:  # before serving began: it only asked
-            return
-        pyfuse3.main_sync(wakeup)  # type: ignore[attr-defined]  # the patched build's
-    except _Signalled:
-        pass
-    finally:
-        state["serving"] = False
+    for s, h in old.items():
+        signal.signal(s, h)
+    os.close(r)
+    os.close(w)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 async def _main(state: dict[str, bool]) -> None:

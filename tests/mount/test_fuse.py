@@ -149,3 +149,51 @@ def test_daemon_umount_signal_and_stale(mode_repo: Callable[[str], Path],
     finally:
         force_unmount(mp)
         force_unmount(tmp_path / "mnt2")
+
+
+def test_signals_stop_a_busy_daemon_and_a_thread_mount_needs_none(
+        mode_repo: Callable[[str], Path], tmp_path: Path) -> None:
+    """SIGINT, SIGTERM and SIGHUP each end a daemon that is serving (its count and
+    read-ahead threads running too) with a clean unmount; a foreground mount run on a
+    thread of a library caller (which cannot take signals) serves and ends with an
+    external unmount."""
+    import threading
+
+    from ostreefs.mount.fuse import MountOptions, mount
+    from ostreefs.mount.vfs import CommitVFS
+    from ostreefs.store.refs import rev_parse
+    from ostreefs.store.repo import Repo
+
+    repo = mode_repo("bare-user")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with mounted(repo, "m", mp) as proc:
+                walker = subprocess.Popen(["find", str(mp)], stdout=subprocess.DEVNULL)
+                proc.send_signal(sig)
+                assert proc.wait(timeout=10) == 0, sig
+                walker.wait(timeout=10)
+                assert not is_ostreefs_mount(str(mp))
+        r = Repo.open(repo)
+        vfs = CommitVFS(r, rev_parse(r, "m"))
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                mount(vfs, str(mp), MountOptions(foreground=True))
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                errors.append(e)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        for _ in range(500):
+            if is_ostreefs_mount(str(mp)) or not t.is_alive():
+                break
+            threading.Event().wait(0.01)
+        assert (mp / "level 00").is_dir()
+        subprocess.run(["fusermount3", "-u", str(mp)], check=True)
+        t.join(timeout=10)
+        assert not t.is_alive() and errors == []
+    finally:
+        force_unmount(mp)
