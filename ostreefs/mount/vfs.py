@@ -88,6 +88,8 @@ ZCHECKPOINT_MIN = 8 << 20
 HEADER_RECORD_BATCH = 256
 #: Dirtrees of a mounted tree (breadth first) recorded for a later mount to read ahead.
 READAHEAD_TREES = 8192
+#: Seconds an unmount waits for the index (to write what it recorded), at most.
+INDEX_WAIT = 5.0
 
 
 class MountError(OstreefsError):
@@ -271,7 +273,10 @@ class CommitVFS:
         self._handles: dict[int, _Open] = {}
         self._next_fh = 1
         self._hindex: Index | None = None
-        self._hindex_tried = False
+        self._index_ready = threading.Event()  # _hindex is settled (open, or None)
+        self._index_in_background = False  # start() opens it on its thread
+        self._counting = False  # start() runs the count pass (or takes the record)
+        self._counts_ready = threading.Event()
         self._writer: ThreadPoolExecutor | None = None  # index writes (flush_headers)
         self._hpending: list[tuple[str, bytes]] = []
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
@@ -344,8 +349,8 @@ class CommitVFS:
 
     def _link_count(self, checksum: str) -> int:
         if self._counts is None:
-            if self._counter is not None:
-                self._counter.join()
+            if self._counting:
+                self._counts_ready.wait()
             if self._counts is None:  # no background pass, or it failed
                 self._counts = self._count_objects()
         return self._counts.get(int(checksum[:16], 16), 1)
@@ -354,25 +359,37 @@ class CommitVFS:
     _count_in_background = True
 
     def start(self) -> None:
-        """Begin the hardlink-count pass in the background; call it in the process that
-        serves, once mounted. The first stat of a file needs the counts, and a user's
-        first look is a few directory lookups away from one: those overlap the pass."""
-        if not self._count_in_background or self._counts is not None \
-                or self._counter is not None:
+        """Open the index and begin the hardlink-count pass in the background; call it
+        in the process that serves, once mounted. The first stat of a file needs the
+        counts, and a user's first look is a few directory lookups away from one: those
+        overlap the pass. Opening the index may wait for LMDB's writer lock (another
+        process may hold it for long); requests do not wait with it."""
+        if self._counter is not None:
             return
-        walk = self._recorded_walk()
-        if walk is None:
-            self._counter = threading.Thread(target=self._count_background, daemon=True,
-                                             name="ostreefs-count")
-        else:  # counted before: only ask the disk for the dirtrees a walk will read
-            self._counts, trees = walk
-            self._counter = threading.Thread(target=self._read_ahead, args=(trees,),
-                                             daemon=True, name="ostreefs-readahead")
+        self._counting = self._count_in_background and self._counts is None
+        self._index_in_background = True
+        self._counter = threading.Thread(target=self._background, daemon=True,
+                                         name="ostreefs-start")
         self._counter.start()
+
+    def _background(self) -> None:
+        try:
+            self._open_index()
+            if not self._counting:
+                return
+            walk = self._recorded_walk()
+            if walk is None:
+                self._count_background()
+            else:  # counted before: only ask the disk for the dirtrees a walk will read
+                self._counts, trees = walk
+                self._counts_ready.set()
+                self._read_ahead(trees)
+        finally:
+            self._counts_ready.set()
 
     def _recorded_walk(self) -> tuple[dict[int, int], list[bytes]] | None:
         """What the index recorded of the mounted tree by an earlier pass."""
-        idx = self._index()
+        idx = self._hindex
         if idx is None:
             return None
         try:
@@ -487,18 +504,25 @@ class CommitVFS:
                     self._headers.put(c, h)
 
     def _index(self) -> Index | None:
-        """The repository's index, opened on first use; None where it cannot be or
-        should not be (a read-only repository, an index opened before the daemon
-        forked, or one this user does not own: root mounting a user's repository must
-        not leave root-owned index files there). It is only a shortcut."""
-        if not self._hindex_tried:
-            self._hindex_tried = True
-            try:
-                if self._owns_index():
-                    self._hindex = self.repo.index
-            except Exception:  # noqa: BLE001 - derived data: without it, read objects
-                self._hindex = None
+        """The repository's index; None where it cannot be or should not be used (a
+        read-only repository, an index opened before the daemon forked, or one this
+        user does not own: root mounting a user's repository must not leave root-owned
+        index files there), and while start()'s thread is still opening it. It is
+        only a shortcut."""
+        if not self._index_ready.is_set():
+            if self._index_in_background:
+                return None
+            self._open_index()
         return self._hindex
+
+    def _open_index(self) -> None:
+        try:
+            if self._owns_index():
+                self._hindex = self.repo.index
+        except Exception:  # noqa: BLE001 - derived data: without it, read objects
+            self._hindex = None
+        finally:
+            self._index_ready.set()
 
     def _owns_index(self) -> bool:
         from ostreefs.store.index import INDEX_DIR
@@ -532,7 +556,7 @@ class CommitVFS:
 
     def _record_headers(self, d: _Dir) -> None:
         """After a whole listing: offer its files' headers to the index (in batches)."""
-        if d.recorded or not d.tree or (self._hindex_tried and self._hindex is None):
+        if d.recorded or not d.tree or (self._index_ready.is_set() and self._hindex is None):
             return
         d.recorded = True
         headers = []
@@ -546,21 +570,31 @@ class CommitVFS:
         if len(self._hpending) >= HEADER_RECORD_BATCH:
             self.flush_headers()
 
-    def flush_headers(self) -> None:
+    def flush_headers(self, final: bool = False) -> Future[None] | None:
         """Write what was gathered for the index so far: file headers, and the count
-        pass's record once it has finished. Only from the serving thread."""
+        pass's record once it has finished. Only from the serving thread. The last
+        flush (``final``) waits a while for the index to be open."""
+        if final:
+            self._index_ready.wait(INDEX_WAIT)
+        idx = self._index()
+        if idx is None:
+            if (not self._index_ready.is_set() and not final
+                    and len(self._hpending) < 16 * HEADER_RECORD_BATCH):
+                return None  # not open yet: keep what is pending for the next flush
+            self._hpending, self._walk_record = [], None
+            return None
         pending, self._hpending = self._hpending, []
         walk = self._walk_record  # set once, by the count thread: take it if it is there
         if walk is not None:
             self._walk_record = None
-        if (pending or walk) and (idx := self._index()) is not None:
-            # Written by a thread of their own: a write waits for LMDB's writer lock,
-            # which another process may hold for long (a rebuild), and requests must
-            # not wait with it. One thread, so only it ever takes that lock here.
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, thread_name_prefix="ostreefs-index")
-            self._writer.submit(self._store, idx, pending, walk)
-
+        if not pending and not walk:
+            return None
+        # Written by a thread of their own: a write waits for LMDB's writer lock,
+        # which another process may hold for long, and requests must not wait. One
+        # thread, so only it ever takes that lock here.
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ostreefs-index")
+        return self._writer.submit(self._store, idx, pending, walk)
     def _store(self, idx: Index, pending: list[tuple[str, bytes]],
                walk: tuple[dict[int, int], list[bytes]] | None) -> None:
         try:
@@ -804,10 +838,15 @@ class CommitVFS:
 
     def close(self) -> None:
         """Close every open object file and record what is pending (at unmount)."""
-        self.flush_headers()
+        last = self.flush_headers(final=True)
         if self._writer is not None:
-            self._writer.shutdown(wait=True)
+            self._writer.shutdown(wait=False)
             self._writer = None
+            if last is not None:
+                try:  # a while, not forever: another process may hold the lock
+                    last.result(timeout=INDEX_WAIT)
+                except Exception:  # noqa: BLE001 - records are only a shortcut
+                    pass
         for fh in list(self._handles):
             self.release(fh)
         for h in self._objfds.values():

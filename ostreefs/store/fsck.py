@@ -230,7 +230,8 @@ def fsck(repo: Repo, delete: bool = False, threads: int | None = None,
             rep.problems.append(Problem(csum, otype, "corrupt", err, sorted(cs), path))
         if delete:
             _delete_corrupt(repo, rep)
-        if any(p.kind == "corrupt" and p.otype is ObjectType.FILE for p in rep.problems):
+        if any(p.kind == "corrupt" and p.otype in (ObjectType.FILE, ObjectType.DIR_TREE)
+               for p in rep.problems):
             _forget_mount_records(repo)
         _check_index(repo, rep)
     return rep
@@ -238,7 +239,8 @@ def fsck(repo: Repo, delete: bool = False, threads: int | None = None,
 
 def _forget_mount_records(repo: Repo) -> None:
     """A mount may have recorded a damaged object's header (mode, size) for its
-    directory; that record would outlive the repair. They are only a shortcut: drop
+    directory, or link counts from a damaged dirtree; a record would outlive the
+    repair. They are only a shortcut: drop
     them all, the next mounts record them again."""
     try:
         repo.index.forget_mount_records()
