@@ -404,8 +404,8 @@ class CommitVFS:
             return
         self._counts = counts
         if self._count_errors == 0:
-            # A tree never changes: the next mount of it skips the pass. Written with the
-            # headers, by the serving thread (the index is only used from that thread).
+            # A tree never changes: the next mount of it skips the pass. Handed to
+            # flush_headers, which writes it with the headers.
             self._walk_record = (counts, self._walked[:READAHEAD_TREES])
         self._walked = []
 
@@ -595,6 +595,7 @@ class CommitVFS:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="ostreefs-index")
         return self._writer.submit(self._store, idx, pending, walk)
+
     def _store(self, idx: Index, pending: list[tuple[str, bytes]],
                walk: tuple[dict[int, int], list[bytes]] | None) -> None:
         try:

@@ -240,8 +240,7 @@ def fsck(repo: Repo, delete: bool = False, threads: int | None = None,
 def _forget_mount_records(repo: Repo) -> None:
     """A mount may have recorded a damaged object's header (mode, size) for its
     directory, or link counts from a damaged dirtree; a record would outlive the
-    repair. They are only a shortcut: drop
-    them all, the next mounts record them again."""
+    repair. They are only a shortcut: drop them all, later mounts record them again."""
     try:
         repo.index.forget_mount_records()
     except (StoreError, OSError):

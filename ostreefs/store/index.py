@@ -14,7 +14,7 @@ Databases:
 ``dirheaders`` raw dirtree checksum -> the headers of its files
              (:mod:`ostreefs.store.dirheaders`), so a mount lists a directory without
              opening each file's object (a dirtree's checksum fixes its files'
-             headers; fsck drops them all when it finds a damaged file object)
+             headers; fsck drops them all when it finds a damaged file or dirtree)
 ``treewalks`` raw dirtree checksum -> what a walk of the whole tree below found: how
              often each content object that occurs more than once occurs (a mount's
              st_nlink; u32 BE n, then n pairs of u64 BE key (the checksum's first 8
@@ -62,6 +62,12 @@ DIR_SETTLE_NS = 2_000_000_000
 _ENVS: dict[str, Any] = {}
 #: The process that opened each environment: LMDB must not be used across a fork.
 _ENV_PIDS: dict[str, int] = {}
+
+
+def _opened_before_fork(path: Path) -> StoreError:
+    return StoreError(f"The index in {path} was opened before this process forked, and "
+                      "LMDB cannot be used across a fork",
+                      hint="open the repository after forking")
 
 
 def _ino_key(dev: int, ino: int) -> bytes:
@@ -120,9 +126,7 @@ class Index:
                 _ENVS[key] = env
                 _ENV_PIDS[key] = os.getpid()
             elif _ENV_PIDS.get(key) != os.getpid():
-                raise StoreError(f"The index in {path} was opened before this process "
-                                 "forked, and LMDB cannot be used across a fork",
-                                 hint="open the repository after forking")
+                raise _opened_before_fork(path)
         except (lmdb.Error, OSError) as e:
             raise StoreError(f"Cannot open the index in {path}: {e}",
                              hint="run 'ostreefs index rebuild'") from None
@@ -138,6 +142,11 @@ class Index:
                 txn.drop(idx.treewalks, delete=False)
             txn.put(b"schema", SCHEMA, db=idx.info)
         return idx
+
+    def check_process(self) -> None:
+        """Raise if this index was opened by another process (before a fork)."""
+        if self.pid != os.getpid():
+            raise _opened_before_fork(self.repo.path / INDEX_DIR)
 
     def close(self) -> None:
         """Environments stay open for the process (see open); nothing to release."""

@@ -154,11 +154,9 @@ class Repo:
     @property
     def index(self) -> Index:
         """The derived LMDB index, opened on first use and brought up to date."""
-        if self._index is not None and self._index.pid != os.getpid():
-            raise StoreError(f"The index of {self.path} was opened before this process "
-                             "forked, and LMDB cannot be used across a fork",
-                             hint="open the repository after forking")
-        if self._index is None:
+        if self._index is not None:
+            self._index.check_process()
+        else:
             from ostreefs.store.index import Index
 
             self._index = Index.open(self)

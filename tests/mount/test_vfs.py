@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -233,7 +232,6 @@ def test_corrupt_archive_object_fails_only_that_file(mode_repo: Callable[[str], 
 def test_missing_object_gives_placeholder(mode_repo: Callable[[str], Path],
                                           tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
-    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)  # no recorded headers
     r = Repo.open(repo)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     name, _ino, csum = _first_file(vfs)
@@ -259,6 +257,19 @@ def test_owner_override(mode_repo: Callable[[str], Path]) -> None:
     assert {(a.uid, a.gid) for a in seen} == {(4321, 8765)}
 
 
+def _header_loads(r: Repo) -> list[str]:
+    """The checksums whose headers ``r`` reads from objects from now on."""
+    loads: list[str] = []
+    real = r.load_file_header
+
+    def counting(checksum: str) -> tuple[object, int]:
+        loads.append(checksum)
+        return real(checksum)
+
+    r.load_file_header = counting  # type: ignore[method-assign,assignment]
+    return loads
+
+
 def _recording(vfs: CommitVFS) -> dict[str, dict[str, object]]:
     """Snapshot through a VFS, then write the headers it gathered to the index."""
     snap = vfs_snapshot(vfs)
@@ -270,7 +281,6 @@ def _recording(vfs: CommitVFS) -> dict[str, dict[str, object]]:
 def test_recorded_headers_match_checkout(mode_repo: Callable[[str], Path], ostree: Tool,
                                          tmp_path: Path, mode: str) -> None:
     repo = repo_copy(mode_repo(mode), tmp_path / "repo")
-    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
     ostree("checkout", f"--repo={repo}", "m", str(tmp_path / "co"), env=UTF8)
     want = snapshot(tmp_path / "co")
     first = _recording(open_vfs(repo))
@@ -278,14 +288,7 @@ def test_recorded_headers_match_checkout(mode_repo: Callable[[str], Path], ostre
     # A second view lists every directory from the index: no file header is read from
     # an object (reads still open the objects), and it shows the same tree.
     r = Repo.open(repo)
-    loads: list[str] = []
-    real = r.load_file_header
-
-    def counting(checksum: str) -> tuple[object, int]:
-        loads.append(checksum)
-        return real(checksum)
-
-    r.load_file_header = counting  # type: ignore[method-assign,assignment]
+    loads = _header_loads(r)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     second = vfs_snapshot(vfs)
     assert second == want, diff_snapshots(second, want)
@@ -296,7 +299,6 @@ def test_recorded_headers_match_checkout(mode_repo: Callable[[str], Path], ostre
 def test_recorded_headers_outlive_a_missing_object(mode_repo: Callable[[str], Path],
                                                    tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
-    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
     vfs = open_vfs(repo)
     before = {n: a for _o, n, a in vfs.entries(ROOT_INO)}
     vfs.close()
@@ -316,21 +318,13 @@ def test_recorded_headers_outlive_a_missing_object(mode_repo: Callable[[str], Pa
 def test_damaged_header_record_is_ignored(mode_repo: Callable[[str], Path],
                                           tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
-    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
     want = _recording(open_vfs(repo))
     r = Repo.open(repo)
     root = CommitVFS(r, rev_parse(r, "m"))._nodes[ROOT_INO].checksum
     good = r.index.dir_headers([root])[0]
     assert good
     r.index.store_dir_headers([(root, good[:-3])])  # truncated: not the files it names
-    loads: list[str] = []
-    real = r.load_file_header
-
-    def counting(checksum: str) -> tuple[object, int]:
-        loads.append(checksum)
-        return real(checksum)
-
-    r.load_file_header = counting  # type: ignore[method-assign,assignment]
+    loads = _header_loads(r)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     root_files = {c for _n, c in r.load_dirtree(root).files}
     assert vfs_snapshot(vfs) == want
@@ -387,7 +381,6 @@ def test_no_index_is_made_in_someone_elses_repository(mode_repo: Callable[[str],
 def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
                                        tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
-    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
     want = vfs_hardlinks(open_vfs(repo))  # counted on demand, nothing recorded
     first = open_vfs(repo)
     first.start()  # counts on a thread
@@ -418,7 +411,6 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
 def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str], Path],
                                                         tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
-    shutil.rmtree(repo / INDEX_DIR, ignore_errors=True)
     vfs = open_vfs(repo)
     sub = vfs.lookup(ROOT_INO, "level 00")
     os.unlink(vfs.repo.object_path_str(vfs._nodes[sub.ino].checksum, ObjectType.DIR_TREE))
