@@ -197,3 +197,32 @@ def test_signals_stop_a_busy_daemon_and_a_thread_mount_needs_none(
         assert not t.is_alive() and errors == []
     finally:
         force_unmount(mp)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads), in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_an_idle_daemon_sleeps(mode_repo: Callable[[str], Path], tmp_path: Path) -> None:
+    """The serving loop keeps reading for a moment after each request (patched pyfuse3,
+    SPIN_US) but must then sleep: after a burst of requests, a second of idleness costs
+    the daemon next to no CPU."""
+    import time
+
+    import pyfuse3
+
+    from ostreefs.mount import fuse
+
+    assert fuse.SPIN_US == (50 if getattr(pyfuse3, "MAIN_SYNC_SPIN", False) else 0)
+    mp = tmp_path / "mnt"
+    with mounted(mode_repo("bare-user"), "m", mp) as proc:
+        for _ in range(3):  # bursts of back-to-back requests, as `ls -l` sends them
+            out = subprocess.run(["ls", "-lR", str(mp)], capture_output=True, check=True)
+            assert b"level 00" in out.stdout
+        time.sleep(0.5)  # background work of a fresh mount (counts, read-ahead)
+        before = _cpu_ticks(proc.pid)
+        time.sleep(1.0)
+        spent = _cpu_ticks(proc.pid) - before
+        assert spent <= os.sysconf("SC_CLK_TCK") // 20, f"{spent} ticks in 1 s idle"
