@@ -21,7 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ostreefs.cli.main import Handler, open_repo
+from ostreefs.cli.main import Handler, open_repo, skip_teardown
 from ostreefs.errors import UsageError
 
 
@@ -106,4 +106,6 @@ def run(args: argparse.Namespace) -> int:
     mount(vfs, args.mountpoint, MountOptions(
         foreground=args.foreground, allow_other=o.allow_other, uid=o.uid, gid=o.gid,
         subpath=subpath, log_path=o.log))
+    if not args.foreground:
+        skip_teardown()  # the daemon serves on; this parent holds nothing
     return 0

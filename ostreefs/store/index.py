@@ -33,7 +33,6 @@ xxhash keys the cache; object identity is always SHA-256.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lmdb
-import xxhash
 
 from ostreefs.errors import CorruptObject, MalformedData, StoreError
 from ostreefs.store.objects import ObjectType, is_checksum
@@ -85,6 +83,8 @@ def stat_key(st: os.stat_result, modifier_sig: bytes) -> bytes:
         "<QQQqqIII", st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
         st.st_mode, st.st_uid, st.st_gid,
     )
+    import xxhash  # only commit's stat cache needs it: not loaded by a mount or a read
+
     return xxhash.xxh3_128_digest(packed + modifier_sig)
 
 
@@ -120,6 +120,8 @@ class Index:
                     env = _open_env(key)
                 except (lmdb.CorruptedError, lmdb.InvalidError):
                     # Derived data: a damaged index is thrown away and rebuilt on use.
+                    import shutil  # (rarely needed, and a few ms to import)
+
                     shutil.rmtree(key)
                     os.mkdir(key)
                     env = _open_env(key)
