@@ -57,6 +57,8 @@ class ObjectType(Enum):
         return cls(ext)
 
 
+#: The fixed part of an archive file header: size, uid, gid, mode, rdev.
+_ARCHIVE_PLAIN = struct.Struct(">QIIII")
 _CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -464,6 +466,13 @@ class FileHeader:
         (length,) = struct.unpack_from(">I", data, 0)
         if length > len(data) - 8:
             raise MalformedData("archive file", "header length beyond the object")
+        if length == 26 and data[32:34] == b"\0\x19":
+            # A regular file without xattrs, the common case: the integers, an empty
+            # target and its framing offset (25), no array. A first walk of an archive
+            # reads one header per file, and the generic codec is ~20x slower.
+            size, uid, gid, mode, rdev = _ARCHIVE_PLAIN.unpack_from(data, 8)
+            if stat.S_ISREG(mode):
+                return cls(uid, gid, mode, "", (), rdev), size, 34
         size, uid, gid, mode, rdev, target, xattrs = _decode(
             "archive file header", ARCHIVE_HEADER_SIG, data[8 : 8 + length]
         )

@@ -658,6 +658,34 @@ def test_dirtree_refuses_unsorted_duplicate_and_short_checksums() -> None:
             DirTree.from_bytes(encode("(a(say)a(sayay))", (files, dirs)))
 
 
+@pytest.mark.parametrize("header,size", [
+    (FileHeader(0, 0, 0o100644), 0),
+    (FileHeader(1000, 1000, 0o100755), 59048),
+    (FileHeader(0xFFFFFFFF, 7, 0o104755, rdev=3), (1 << 40) + 5),
+    (FileHeader(0, 0, 0o120777, "target"), 0),
+    (FileHeader(0, 0, 0o100600, "", ((b"user.a", b"1"),)), 12),
+])
+def test_archive_header_shortcut_agrees_with_the_codec(header: FileHeader, size: int) -> None:
+    """parse_archive reads a plain file's header without the generic codec: both ways
+    give the same answer, and a header the shortcut takes but the rules refuse (a
+    symlink without a target) is still refused."""
+    from ostreefs.store.objects import ARCHIVE_HEADER_SIG, _decode
+
+    data = header.archive_header(size) + b"payload"
+    got, got_size, offset = FileHeader.parse_archive(data)
+    body = data[8:offset]
+    want_size, uid, gid, mode, rdev, target, xattrs = _decode("x", ARCHIVE_HEADER_SIG, body)
+    assert (got, got_size) == (header, size) and data[offset:] == b"payload"
+    assert (got.uid, got.gid, got.mode, got.rdev, got.symlink_target, got_size) == (
+        uid, gid, mode, rdev, target, want_size)
+    if not target and not xattrs:  # the shortcut's shape
+        assert len(body) == 26
+        link = bytearray(data)
+        link[24:28] = (0o120777).to_bytes(4, "big")
+        with pytest.raises(MalformedData):
+            FileHeader.parse_archive(bytes(link))
+
+
 def test_archive_header_lying_length_fails_fast() -> None:
     for n in (0xFFFFFFFF, 0x7FFFFFFF, 1 << 24):
         with pytest.raises(MalformedData):
