@@ -17,6 +17,7 @@ commits the result as the next layer with ``ostreefs commit --tree=dir=U``; see
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -81,6 +82,16 @@ def parse_options(values: list[str]) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Start-up makes many objects and no garbage worth collecting: no collector
+    # passes until it is done (a daemon then tunes its own; see fuse.py).
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        gc.enable()
+
+
+def _run(args: argparse.Namespace) -> int:
     from ostreefs.mount.fuse import MountOptions, mount
     from ostreefs.mount.vfs import CommitVFS, HistoryVFS, LayerVFS
     from ostreefs.store.refs import rev_parse
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         vfs = CommitVFS(repo, rev_parse(repo, rev), subpath, uid=o.uid, gid=o.gid)
     logging.basicConfig(level=logging.INFO,
                         format="ostreefs mount: %(levelname)s: %(message)s")
+    gc.enable()  # before serving (a foreground mount serves in this process)
     mount(vfs, args.mountpoint, MountOptions(
         foreground=args.foreground, allow_other=o.allow_other, uid=o.uid, gid=o.gid,
         subpath=subpath, log_path=o.log))
