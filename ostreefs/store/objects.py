@@ -209,19 +209,39 @@ class DirTree:
         fnames = [e[0] for e in fa]
         dnames = [e[0] for e in da]
         for names in (fnames, dnames):
-            if any(a >= b for a, b in zip(names, names[1:], strict=False)):
+            if names != sorted(set(names)):  # strictly increasing: sorted, no repeats
                 raise MalformedData("dirtree", "entries are not sorted")
         if not set(fnames).isdisjoint(dnames):
             raise MalformedData("dirtree", "duplicate name")
+        # Names in bulk (no NUL in any: one decode of them joined); a bad one sends us
+        # to the per-name checks, which say which.
+        allnames = fnames + dnames
+        joined = b"\0".join(allnames)
         try:
-            f = tuple((_raw_name(n), _raw_csum(c)) for n, c in fa)
-            d = tuple((_raw_name(n), _raw_csum(t), _raw_csum(m)) for n, t, m in da)
-        except UnicodeDecodeError:
-            raise MalformedData("dirtree", "name is not valid UTF-8") from None
+            if b"/" in joined or not _BAD_NAMES.isdisjoint(allnames):
+                raise ValueError
+            text = joined.decode("utf-8").split("\0") if allnames else []
+            csums = [c for _n, c in fa] + [x for _n, t, m in da for x in (t, m)]
+            if any(len(c) != 32 for c in csums):
+                raise ValueError
+        except ValueError:  # (UnicodeDecodeError is one)
+            try:
+                f = tuple((_raw_name(n), _raw_csum(c)) for n, c in fa)
+                d = tuple((_raw_name(n), _raw_csum(t), _raw_csum(m)) for n, t, m in da)
+            except UnicodeDecodeError:
+                raise MalformedData("dirtree", "name is not valid UTF-8") from None
+            return cls(f, d)
+        nf = len(fa)
+        hexes = [c.hex() for c in csums]
+        f = tuple(zip(text[:nf], hexes[:nf], strict=True))
+        d = tuple(zip(text[nf:], hexes[nf::2], hexes[nf + 1::2], strict=True))
         return cls(f, d)
 
     def checksum(self) -> str:
         return sha256_hex(self.to_bytes())
+
+
+_BAD_NAMES = frozenset((b"", b".", b".."))
 
 
 def _raw_name(n: bytes) -> str:
@@ -242,46 +262,88 @@ def _off_size(n: int) -> int:
 
 def _fast_array(data: bytes, start: int, end: int, n_offsets: int
                 ) -> list[tuple[bytes, ...]] | None:
-    """Elements of an a(say) or a(sayay) at [start, end), or None if anything is off.
+    """Elements of an a(say) or a(sayay) at [start, end), names without their NUL, or
+    None if anything is off.
 
     Every member is byte-aligned, so the layout is framing offsets only. None sends
-    the caller to the generic decoder, which reports the precise error.
+    the caller to the generic decoder, which reports the precise error. Elements under
+    256 bytes (one-byte offsets: any name up to ~190 bytes) take a shorter path.
     """
     size = end - start
     if size == 0:
         return []
     z = _off_size(size)
-    frombytes = int.from_bytes
-    table = frombytes(data[end - z:end], "little")
+    table = int.from_bytes(data[end - z:end], "little")
     if table > size - z or (size - table) % z:
         return None
-    out = []
+    tstart = start + table
+    ends: bytes | tuple[int, ...]
+    if z == 1:
+        ends = data[tstart:end]  # iterating bytes gives the offsets
+    else:
+        ends = struct.unpack_from(f"<{(end - tstart) // z}{_OFF_FMT[z]}", data, tstart)
+    out: list[tuple[bytes, ...]] = []
     pos = start
-    for i in range(start + table, end, z):
-        elem_end = start + frombytes(data[i:i + z], "little")
-        if elem_end < pos or elem_end > start + table:
+    for rel in ends:
+        elem_end = start + rel
+        if elem_end < pos or elem_end > tstart:
             return None
-        esize = elem_end - pos
-        ez = _off_size(esize)
-        frame = elem_end - ez * n_offsets
-        if frame < pos:
-            return None
-        ends = [pos + frombytes(data[frame + k * ez:frame + (k + 1) * ez], "little")
-                for k in range(n_offsets - 1, -1, -1)]
-        ends.append(frame)
-        parts = []
-        p = pos
-        for e in ends:
-            if e < p or e > frame:
+        if elem_end - pos > 0xFF:
+            elem = _fast_element(data, pos, elem_end, n_offsets)
+            if elem is None:
                 return None
-            parts.append(data[p:e])
-            p = e
-        name = parts[0]
-        if not name or name[-1] != 0:
-            return None
-        out.append(tuple(parts))
+            out.append(elem)
+        elif n_offsets == 1:  # (say): name NUL, checksum, offset of the name's end
+            frame = elem_end - 1
+            name_end = pos + data[frame] if frame >= pos else -1
+            if name_end <= pos or name_end > frame or data[name_end - 1]:
+                return None
+            name = data[pos:name_end - 1]
+            if b"\0" in name:
+                return None
+            out.append((name, data[name_end:frame]))
+        else:  # (sayay): name NUL, tree, meta, offsets of the tree's and name's ends
+            frame = elem_end - 2
+            if frame < pos:
+                return None
+            name_end, tree_end = pos + data[frame + 1], pos + data[frame]
+            if not pos < name_end <= tree_end <= frame or data[name_end - 1]:
+                return None
+            name = data[pos:name_end - 1]
+            if b"\0" in name:
+                return None
+            out.append((name, data[name_end:tree_end], data[tree_end:frame]))
         pos = elem_end
     return out
+
+
+#: struct codes of little-endian framing offsets by size.
+_OFF_FMT = {2: "H", 4: "I", 8: "Q"}
+
+
+def _fast_element(data: bytes, pos: int, elem_end: int, n_offsets: int
+                  ) -> tuple[bytes, ...] | None:
+    """One (say) or (sayay) element at [pos, elem_end), any offset size."""
+    ez = _off_size(elem_end - pos)
+    frame = elem_end - ez * n_offsets
+    if frame < pos:
+        return None
+    frombytes = int.from_bytes
+    ends = [pos + frombytes(data[frame + k * ez:frame + (k + 1) * ez], "little")
+            for k in range(n_offsets - 1, -1, -1)]
+    ends.append(frame)
+    parts = []
+    p = pos
+    for e in ends:
+        if e < p or e > frame:
+            return None
+        parts.append(data[p:e])
+        p = e
+    name = parts[0]
+    if not name or name[-1] != 0 or b"\0" in name[:-1]:
+        return None
+    parts[0] = name[:-1]
+    return tuple(parts)
 
 
 def _fast_dirtree_raw(data: bytes) -> tuple[list[tuple[bytes, ...]],
@@ -299,12 +361,6 @@ def _fast_dirtree_raw(data: bytes) -> tuple[list[tuple[bytes, ...]],
     da = _fast_array(data, files_end, size - z, 2)
     if fa is None or da is None:
         return None
-    for entries in (fa, da):
-        for i, e in enumerate(entries):
-            name = e[0][:-1]
-            if b"\0" in name:
-                return None
-            entries[i] = (name, *e[1:])
     return fa, da
 
 
