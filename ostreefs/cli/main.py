@@ -255,7 +255,10 @@ def entry() -> None:
     """Console-script entry point."""
     rc = main()
     if _skip_teardown:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # a closed pipe: nothing more can be said
+            pass
         os._exit(rc)
     sys.exit(rc)
