@@ -84,14 +84,16 @@ def parse_options(values: list[str]) -> Options:
 def run(args: argparse.Namespace) -> int:
     # Start-up makes many objects and no garbage worth collecting: no collector
     # passes until it is done (a daemon then tunes its own; see fuse.py).
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run(args)
+        return _run(args, was_enabled)
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, collect: bool) -> int:
     from ostreefs.mount.fuse import MountOptions, mount
     from ostreefs.mount.vfs import CommitVFS, HistoryVFS, LayerVFS
     from ostreefs.store.refs import rev_parse
@@ -114,7 +116,8 @@ def _run(args: argparse.Namespace) -> int:
         vfs = CommitVFS(repo, rev_parse(repo, rev), subpath, uid=o.uid, gid=o.gid)
     logging.basicConfig(level=logging.INFO,
                         format="ostreefs mount: %(levelname)s: %(message)s")
-    gc.enable()  # before serving (a foreground mount serves in this process)
+    if collect:  # before serving (a foreground mount serves in this process)
+        gc.enable()
     mount(vfs, args.mountpoint, MountOptions(
         foreground=args.foreground, allow_other=o.allow_other, uid=o.uid, gid=o.gid,
         subpath=subpath, log_path=o.log))

@@ -253,12 +253,15 @@ def skip_teardown() -> None:
 
 def entry() -> None:
     """Console-script entry point."""
+    global _skip_teardown
+    _skip_teardown = False
     rc = main()
     if _skip_teardown:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:  # a closed pipe: nothing more can be said
-            pass
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except OSError:  # a closed pipe: nothing more can be said
+                pass
         os._exit(rc)
     sys.exit(rc)

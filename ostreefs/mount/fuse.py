@@ -73,7 +73,9 @@ MAIN_SYNC: bool = hasattr(pyfuse3, "main_sync")
 #: can (``pyfuse3.MAIN_SYNC_SPIN``). `ls -l` and `find` send their requests one after
 #: another; taking the next one without being woken cut a round trip from ~29 to ~18 us
 #: here, for at most this much CPU after the last request of a burst.
-SPIN_US: int = 50 if getattr(pyfuse3, "MAIN_SYNC_SPIN", False) else 0
+#: Not with a single usable CPU: the client could not run while the daemon spins.
+SPIN_US: int = (50 if getattr(pyfuse3, "MAIN_SYNC_SPIN", False)
+                and len(os.sched_getaffinity(0)) > 1 else 0)
 # --- end readdir caching ---------------------------------------------------------------
 
 FUSERMOUNT = "fusermount3"
@@ -417,7 +419,8 @@ def _daemon_gc() -> None:
     tens of thousands of small objects that live on (inodes, headers, listings) and
     almost no cycles, so the default collector spent ~44 ms of a 19k-entry walk
     rescanning them; with start-up's objects frozen and young ones collected 14x less
-    often, ~14 ms."""
+    often, ~14 ms. (Start-up ran without collections: its few cycles, ~160 objects,
+    are frozen with the rest, once.)"""
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
     gc.enable()

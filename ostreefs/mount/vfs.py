@@ -171,11 +171,14 @@ class _LRU(Generic[K, V]):
         return self._d.pop(key, None)
 
     def put_missing(self, items: Iterable[tuple[K, V]]) -> None:
-        """Store each (key, value) whose key is absent, then evict down to size once:
-        a whole directory's entries at the cost of one dict operation each."""
+        """Store each (key, value) whose key is absent (and mark present ones used),
+        then evict down to size once: a whole directory's entries at the cost of one
+        dict operation each."""
         d = self._d
         for k, v in items:
-            if k not in d:
+            if k in d:
+                d.move_to_end(k)
+            else:
                 d[k] = v
         while len(d) > self.size:
             d.popitem(last=False)
