@@ -285,7 +285,7 @@ class CommitVFS:
         self._headers: _LRU[str, _Header] = _LRU(HEADER_CACHE)
         self._dirmeta: _LRU[str, tuple[int, int, int, Xattrs]] = _LRU(DIRTREE_CACHE)
         self._counts: dict[int, int] | None = None
-        self._counter: threading.Thread | None = None
+        self._starter: threading.Thread | None = None
         self._count_errors = 0  # dirtrees the pass could not read: counts not recorded
         self._walked: list[bytes] = []  # dirtrees the pass read, for the record
         #: What the count pass found, for flush_headers to record.
@@ -385,13 +385,13 @@ class CommitVFS:
         counts, and a user's first look is a few directory lookups away from one: those
         overlap the pass. Opening the index may wait for LMDB's writer lock (another
         process may hold it for long); requests do not wait with it."""
-        if self._counter is not None:
+        if self._starter is not None:
             return
         self._counting = self._count_in_background and self._counts is None
         self._index_in_background = True
-        self._counter = threading.Thread(target=self._background, daemon=True,
+        self._starter = threading.Thread(target=self._background, daemon=True,
                                          name="ostreefs-start")
-        self._counter.start()
+        self._starter.start()
 
     def _background(self) -> None:
         try:
@@ -561,12 +561,14 @@ class CommitVFS:
         # since the last one, which the kernel's listing cache makes rare.)
         if not d.tree or (idx := self._index()) is None:
             return False
-        files = [c for _n, is_dir, c, _m in d.entries if not is_dir]
         try:
-            raw = idx.dir_headers([d.tree])[0]
+            raw = idx.dir_headers(d.tree)
         except Exception:  # noqa: BLE001 - derived data: read the objects instead
             return False
-        got = dirheaders.unpack(raw, len(files)) if raw is not None else None
+        if raw is None:
+            return False
+        files = [c for _n, is_dir, c, _m in d.entries if not is_dir]
+        got = dirheaders.unpack(raw, len(files))
         if got is None:
             return False
         self._headers.put_missing(

@@ -390,12 +390,11 @@ class Index:
 
     # ----------------------------------------------------- headers by dirtree
 
-    def dir_headers(self, trees: Sequence[str]) -> list[bytes | None]:
-        """The packed file headers recorded for each dirtree (None where there are none)."""
+    def dir_headers(self, tree: str) -> bytes | None:
+        """The packed file headers recorded for a dirtree, if any."""
         with self.env.begin(buffers=False) as txn:
-            get = txn.get
-            db = self.dirheaders
-            return [get(bytes.fromhex(t), db=db) for t in trees]
+            v: bytes | None = txn.get(bytes.fromhex(tree), db=self.dirheaders)
+            return v
 
     def store_dir_headers(self, items: Iterable[tuple[str, bytes]]) -> None:
         with self.env.begin(write=True) as txn:

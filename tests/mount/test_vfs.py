@@ -293,7 +293,7 @@ def test_recorded_headers_match_checkout(mode_repo: Callable[[str], Path], ostre
     second = vfs_snapshot(vfs)
     assert second == want, diff_snapshots(second, want)
     assert loads == []
-    assert r.index.dir_headers([vfs._nodes[ROOT_INO].checksum])[0]
+    assert r.index.dir_headers(vfs._nodes[ROOT_INO].checksum)
 
 
 def test_recorded_headers_outlive_a_missing_object(mode_repo: Callable[[str], Path],
@@ -321,7 +321,7 @@ def test_damaged_header_record_is_ignored(mode_repo: Callable[[str], Path],
     want = _recording(open_vfs(repo))
     r = Repo.open(repo)
     root = CommitVFS(r, rev_parse(r, "m"))._nodes[ROOT_INO].checksum
-    good = r.index.dir_headers([root])[0]
+    good = r.index.dir_headers(root)
     assert good
     r.index.store_dir_headers([(root, good[:-3])])  # truncated: not the files it names
     loads = _header_loads(r)
@@ -341,13 +341,13 @@ def test_repair_forgets_recorded_headers(mode_repo: Callable[[str], Path],
     _recording(vfs)
     r = Repo.open(repo)
     root = CommitVFS(r, rev_parse(r, "m"))._nodes[ROOT_INO].checksum
-    assert r.index.dir_headers([root])[0]
+    assert r.index.dir_headers(root)
     # The classic damage: a file edited in place through a hardlinked checkout.
     with open(r.object_path_str(csum, ObjectType.FILE), "ab") as f:
         f.write(b"edited")
     rep = fsck(r)
     assert any(p.checksum == csum for p in rep.problems)
-    assert r.index.dir_headers([root])[0] is None  # no record outlives the damage
+    assert r.index.dir_headers(root) is None  # no record outlives the damage
 
 
 def test_records_of_a_deleted_dirtree_go_with_it(mode_repo: Callable[[str], Path],
@@ -357,10 +357,10 @@ def test_records_of_a_deleted_dirtree_go_with_it(mode_repo: Callable[[str], Path
     r = Repo.open(repo)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     sub = vfs._nodes[vfs.lookup(ROOT_INO, "level 00").ino].checksum
-    assert r.index.dir_headers([sub])[0] is not None
+    assert r.index.dir_headers(sub) is not None
     os.unlink(r.object_path_str(sub, ObjectType.DIR_TREE))  # as a prune by ostree would
     r.index.sync()
-    assert r.index.dir_headers([sub])[0] is None
+    assert r.index.dir_headers(sub) is None
 
 
 def test_no_index_is_made_in_someone_elses_repository(mode_repo: Callable[[str], Path],
@@ -384,8 +384,8 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     want = vfs_hardlinks(open_vfs(repo))  # counted on demand, nothing recorded
     first = open_vfs(repo)
     first.start()  # counts on a thread
-    assert first._counter is not None
-    first._counter.join()
+    assert first._starter is not None
+    first._starter.join()
     first.close()  # records what the pass found
     root = first._nodes[ROOT_INO].checksum
     walk = first.repo.index.tree_walk(root)
@@ -402,8 +402,8 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     second.start()
     assert second._counts_ready.wait(10)
     assert second._counts == first._counts
-    assert second._counter is not None
-    second._counter.join()
+    assert second._starter is not None
+    second._starter.join()
     assert second._walk_record is None  # no pass ran: the record was used
     assert vfs_hardlinks(second) == want
 
@@ -416,8 +416,8 @@ def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str
     os.unlink(vfs.repo.object_path_str(vfs._nodes[sub.ino].checksum, ObjectType.DIR_TREE))
     vfs = open_vfs(repo)
     vfs.start()
-    assert vfs._counter is not None
-    vfs._counter.join()
+    assert vfs._starter is not None
+    vfs._starter.join()
     assert vfs._counts is not None
     vfs.close()
     assert vfs.repo.index.tree_walk(vfs._nodes[ROOT_INO].checksum) is None
