@@ -54,6 +54,8 @@ from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs, dirt
 from ostreefs.store.repo import Repo
 
 if TYPE_CHECKING:
+    import subprocess
+
     from ostreefs.store.index import Index
 
 log = logging.getLogger("ostreefs.mount")
@@ -303,6 +305,10 @@ class CommitVFS:
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
         self._objfds: _LRU[str, _Open] = _LRU(OBJFD_CACHE)
         self._reported: set[str] = set()
+        #: The recorder process, while there is one; none is started once closed.
+        self._recorder: subprocess.Popen[bytes] | None = None
+        self._recorder_lock = threading.Lock()
+        self._closed = False
 
     # ------------------------------------------------------------------ objects
 
@@ -398,6 +404,7 @@ class CommitVFS:
             self._open_index()
             if not self._counting:
                 return
+            self._start_recorder()
             walk = self._recorded_walk()
             if walk is None:
                 self._count_background()
@@ -407,6 +414,22 @@ class CommitVFS:
                 self._read_ahead(trees)
         finally:
             self._counts_ready.set()
+
+    def _start_recorder(self) -> None:
+        """Start recording the tree's file headers in a process of its own, unless the
+        index has them all (see :mod:`ostreefs.mount.recorder`)."""
+        idx = self._hindex
+        root = self._nodes[ROOT_INO].checksum
+        try:
+            if idx is None or idx.tree_recorded(root):
+                return
+        except Exception:  # noqa: BLE001 - derived data: a mount works without it
+            return
+        from ostreefs.mount import recorder
+
+        with self._recorder_lock:
+            if not self._closed:
+                self._recorder = recorder.spawn(os.path.abspath(self.repo.path), root)
 
     def _recorded_walk(self) -> tuple[dict[int, int], list[bytes]] | None:
         """What the index recorded of the mounted tree by an earlier pass."""
@@ -864,6 +887,13 @@ class CommitVFS:
 
     def close(self) -> None:
         """Close every open object file and record what is pending (at unmount)."""
+        with self._recorder_lock:
+            self._closed = True
+            if self._recorder is not None:
+                from ostreefs.mount import recorder
+
+                recorder.stop(self._recorder)
+                self._recorder = None
         last = self.flush_headers(final=True)
         if self._writer is not None:
             self._writer.shutdown(wait=False)

@@ -20,6 +20,9 @@ Databases:
              st_nlink; u32 BE n, then n pairs of u64 BE key (the checksum's first 8
              bytes) and u32 BE count) and every dirtree in it (raw, breadth first),
              so a mount can ask the disk for them all ahead of a walk
+``recorded`` raw dirtree checksum -> empty: every dirtree below it (itself included) has
+             its ``dirheaders`` record (:mod:`ostreefs.store.treerecord`), so a mount
+             need not start the recorder for it again
 
 The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
 with the recorded one and rescans only the directories that changed, which catches a
@@ -106,6 +109,7 @@ class Index:
         self.inodes = env.open_db(b"inodes")
         self.dirheaders = env.open_db(b"dirheaders")
         self.treewalks = env.open_db(b"treewalks")
+        self.recorded = env.open_db(b"recorded")
 
     @classmethod
     def open(cls, repo: Repo) -> Index:
@@ -142,6 +146,7 @@ class Index:
                 txn.drop(idx.stat, delete=False)
                 txn.drop(idx.dirheaders, delete=False)
                 txn.drop(idx.treewalks, delete=False)
+                txn.drop(idx.recorded, delete=False)
             txn.put(b"schema", SCHEMA, db=idx.info)
         return idx
 
@@ -229,7 +234,7 @@ class Index:
         for key in stale:
             self._remove(txn, key[:32], _TYPES[key[32]])
         tree_byte = _TYPE_BYTE[ObjectType.DIR_TREE]
-        for db in (self.dirheaders, self.treewalks):  # records of dirtrees now gone
+        for db in (self.dirheaders, self.treewalks, self.recorded):  # of dirtrees now gone
             cur = txn.cursor(db=db)
             gone = []
             if cur.set_range(first):
@@ -257,7 +262,8 @@ class Index:
         """Throw the derived data away and recompute it from the objects and reflogs."""
         with self.env.begin(write=True) as txn:
             for db in (self.catalog, self.commits, self.children, self.dirs, self.stat,
-                       self.reflog, self.inodes, self.dirheaders, self.treewalks):
+                       self.reflog, self.inodes, self.dirheaders, self.treewalks,
+                       self.recorded):
                 txn.drop(db, delete=False)
         self.sync()
         self._load_reflogs()
@@ -405,10 +411,21 @@ class Index:
                     put(bytes.fromhex(tree), packed, db=db)
 
     def forget_mount_records(self) -> None:
-        """Drop every ``dirheaders`` and ``treewalks`` record (after a repair)."""
+        """Drop every ``dirheaders``, ``treewalks`` and ``recorded`` record (after a
+        repair)."""
         with self.env.begin(write=True) as txn:
             txn.drop(self.dirheaders, delete=False)
             txn.drop(self.treewalks, delete=False)
+            txn.drop(self.recorded, delete=False)
+
+    def tree_recorded(self, tree: str) -> bool:
+        """Whether every dirtree of the tree has had its headers recorded."""
+        with self.env.begin(buffers=True) as txn:
+            return txn.get(bytes.fromhex(tree), db=self.recorded) is not None
+
+    def mark_tree_recorded(self, tree: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(bytes.fromhex(tree), b"", db=self.recorded)
 
     def tree_walk(self, tree: str) -> tuple[dict[int, int], list[bytes]] | None:
         """The link counts and dirtrees of a whole tree, as recorded (``treewalks``)."""

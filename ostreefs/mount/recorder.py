@@ -1,0 +1,62 @@
+"""The recorder: a process that records a mounted tree's file headers ahead of a walk.
+
+The first walk of a tree that has no ``dirheaders`` records loads one header per file;
+in the mount's daemon that work shares one interpreter lock with answering the kernel,
+and the daemon is CPU-bound for it. The mount starts this module as a process of its
+own (:func:`spawn`) that runs :func:`ostreefs.store.treerecord.record_tree` on another
+CPU, and the daemon finds the records as a walk reaches each directory. Only derived data
+is written, in LMDB transactions, so it can be stopped at any moment: the mount ends it
+at unmount, and it ends by itself once the mount's process is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from ostreefs.errors import OstreefsError
+
+#: A background job: a user's look at the mount comes first where CPUs are scarce.
+NICE = 10
+
+
+def spawn(repo_path: str, tree: str) -> subprocess.Popen[bytes] | None:
+    """Start recording ``tree`` of the repository at ``repo_path``; None if a process
+    cannot be started (a mount works without it)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", __name__, repo_path, tree, str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=True,  # the daemon's are not its business (LMDB leaves some open)
+            # Not in the terminal's process group: a ^C is for the mount, which ends this.
+            start_new_session=True)
+    except (OSError, ValueError):
+        return None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a recorder (what it wrote stays; what it was writing is rolled back, as
+    after a crash, which LMDB is made for). SIGKILL: a stopped process would keep a
+    SIGTERM pending, and the unmount would wait for it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    from ostreefs.store.repo import Repo
+    from ostreefs.store.treerecord import record_tree
+
+    repo_path, tree, parent = argv[0], argv[1], int(argv[2])
+    os.nice(NICE)
+    try:
+        repo = Repo.open(repo_path)
+        done = record_tree(repo, tree, keep_going=lambda: os.getppid() == parent)
+    except OstreefsError:
+        return 1
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

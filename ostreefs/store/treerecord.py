@@ -1,0 +1,74 @@
+"""Recording the file headers of a whole tree in the index, one directory at a time.
+
+A mount lists a directory without opening its files' objects when the index holds the
+directory's ``dirheaders`` record, and it writes that record itself after a listing. A
+tree nothing has mounted yet (a commit ``ostree`` wrote, say) has none, so its first walk
+loads every header on the mount's serving thread: a syscall or two and a parse per file,
+all under the one interpreter lock that also answers the kernel. :func:`record_tree` does
+the same loads ahead of the walk, so that a process of its own, on another CPU, can do
+them (see ``ostreefs.mount.recorder``). It goes depth first, files before
+subdirectories, which is the order ``find`` and ``tar`` walk in, and writes a few
+directories at a time, so that a walk that has just started finds its records soon.
+
+A dirtree whose record exists is not read again for its files; one that cannot be read,
+or whose files' objects cannot, gets no record (the mount reports the damage when it
+gets there), and then the tree is not marked recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ostreefs.errors import StoreError
+from ostreefs.store import dirheaders
+
+if TYPE_CHECKING:
+    from ostreefs.store.repo import Repo
+
+#: Directories written to the index at once.
+BATCH = 32
+
+
+def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
+                keep_going: Callable[[], bool] = lambda: True) -> bool:
+    """Record the headers of every directory of ``tree`` (a dirtree checksum) that has
+    no record yet; whether the whole tree is now recorded. Stops early, with what it
+    wrote kept, once ``keep_going()`` is false."""
+    idx = repo.index
+    if idx.tree_recorded(tree):
+        return True
+    complete = True
+    pending: list[tuple[str, bytes]] = []
+    seen: set[str] = set()  # a subtree repeated in the tree is recorded once
+    todo = [tree]
+    while todo:
+        if not keep_going():
+            complete = False
+            break
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        try:
+            dt = repo.load_dirtree(t)
+        except StoreError:
+            complete = False
+            continue
+        todo.extend(c for _n, c, _m in reversed(dt.dirs))
+        if idx.dir_headers(t) is not None:
+            continue
+        try:
+            headers = [repo.load_file_header(c) for _n, c in dt.files]
+        except StoreError:
+            complete = False
+            continue
+        pending.append((t, dirheaders.pack(headers)))
+        if len(pending) >= batch:
+            idx.store_dir_headers(pending)
+            pending = []
+    if pending:
+        idx.store_dir_headers(pending)
+    if complete:
+        idx.mark_tree_recorded(tree)
+    return complete
