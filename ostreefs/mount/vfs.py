@@ -89,6 +89,8 @@ ZCHECKPOINT_MIN = 8 << 20
 HEADER_RECORD_BATCH = 256
 #: Dirtrees of a mounted tree (breadth first) recorded for a later mount to read ahead.
 READAHEAD_TREES = 8192
+#: Directories listed without recorded headers before a recorder process is started.
+RECORDER_AFTER = 3
 #: Seconds an unmount waits for the index (to write what it recorded), at most.
 INDEX_WAIT = 5.0
 
@@ -308,6 +310,8 @@ class CommitVFS:
         #: The recorder process, while there is one; none is started once closed.
         self._recorder: subprocess.Popen[bytes] | None = None
         self._recorder_lock = threading.Lock()
+        self._recorder_wanted = False  # the index lacks records of this tree
+        self._unrecorded = 0  # directories listed without a record
         self._closed = False
 
     # ------------------------------------------------------------------ objects
@@ -404,7 +408,7 @@ class CommitVFS:
             self._open_index()
             if not self._counting:
                 return
-            self._start_recorder()
+            self._want_recorder()
             walk = self._recorded_walk()
             if walk is None:
                 self._count_background()
@@ -415,21 +419,36 @@ class CommitVFS:
         finally:
             self._counts_ready.set()
 
-    def _start_recorder(self) -> None:
-        """Start recording the tree's file headers in a process of its own, unless the
-        index has them all (see :mod:`ostreefs.mount.recorder`)."""
+    def _want_recorder(self) -> None:
+        """Whether the tree's file headers should be recorded by a process of its own
+        (see :mod:`ostreefs.mount.recorder`): not if the index has them all."""
         idx = self._hindex
-        root = self._nodes[ROOT_INO].checksum
         try:
-            if idx is None or idx.tree_recorded(root):
-                return
+            wanted = idx is not None and not idx.tree_recorded(self._nodes[ROOT_INO].checksum)
         except Exception:  # noqa: BLE001 - derived data: a mount works without it
-            return
+            wanted = False
+        with self._recorder_lock:
+            self._recorder_wanted = wanted
+        self._maybe_record()
+
+    def _maybe_record(self) -> None:
+        """Start the recorder once it is wanted and a walk shows: a look at a few files
+        and a directory gains nothing from it, and should not share the disk with it."""
+        with self._recorder_lock:
+            if (not self._recorder_wanted or self._unrecorded < RECORDER_AFTER
+                    or self._closed):
+                return
+            self._recorder_wanted = False  # one per mount
+        threading.Thread(target=self._spawn_recorder, daemon=True,
+                         name="ostreefs-recorder").start()
+
+    def _spawn_recorder(self) -> None:
         from ostreefs.mount import recorder
 
         with self._recorder_lock:
             if not self._closed:
-                self._recorder = recorder.spawn(os.path.abspath(self.repo.path), root)
+                self._recorder = recorder.spawn(os.path.abspath(self.repo.path),
+                                                self._nodes[ROOT_INO].checksum)
 
     def _recorded_walk(self) -> tuple[dict[int, int], list[bytes]] | None:
         """What the index recorded of the mounted tree by an earlier pass."""
@@ -767,6 +786,10 @@ class CommitVFS:
         d = self._dir(node.checksum)
         if start == 0 and not self._recorded_headers(d):
             self._prefetch_headers(d)
+            if d.tree:
+                self._unrecorded += 1
+                if self._unrecorded == RECORDER_AFTER:
+                    self._maybe_record()
         entries = d.entries
         for i in range(start, len(entries)):
             n, is_dir, c, m = entries[i]

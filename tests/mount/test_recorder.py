@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,10 @@ from mount_helpers import vfs_snapshot
 from support import UTF8, Tool
 from treegen import diff_snapshots, snapshot
 
-from ostreefs.mount.vfs import ROOT_INO, CommitVFS
+from ostreefs.mount.vfs import RECORDER_AFTER, ROOT_INO, CommitVFS
 from ostreefs.store import dirheaders
 from ostreefs.store.fsck import fsck
+from ostreefs.store.index import INDEX_DIR
 from ostreefs.store.objects import ObjectType
 from ostreefs.store.refs import rev_parse
 from ostreefs.store.repo import Repo
@@ -47,6 +49,29 @@ def _recorded(r: Repo, tree: str) -> list[tuple[object, int]] | None:
     if raw is None:
         return None
     return dirheaders.unpack(raw, len(r.load_dirtree(tree).files))  # type: ignore[return-value]
+
+
+def _list_dirs(vfs: CommitVFS, n: int) -> None:
+    """List the first ``n`` directories of a walk, as ``find`` would."""
+    todo = [ROOT_INO]
+    while todo and n:
+        ino = todo.pop(0)
+        n -= 1
+        todo.extend(a.ino for _o, _n, a in vfs.entries(ino) if stat.S_ISDIR(a.mode))
+
+
+def _started(repo: Path, listed: int) -> CommitVFS:
+    """A mount of ``m`` started, with ``listed`` directories listed."""
+    r = Repo.open(repo)
+    vfs = CommitVFS(r, rev_parse(r, "m"))
+    vfs.start()
+    assert vfs._starter is not None
+    vfs._starter.join()
+    _list_dirs(vfs, listed)
+    for t in threading.enumerate():
+        if t.name == "ostreefs-recorder":
+            t.join()
+    return vfs
 
 
 def _counting_loads(r: Repo) -> list[str]:
@@ -134,44 +159,42 @@ def test_repair_and_a_deleted_dirtree_drop_the_mark(mode_repo: Callable[[str], P
     assert not r.index.tree_recorded(root) and r.index.dir_headers(root) is None
 
 
+def test_a_look_starts_no_recorder(mode_repo: Callable[[str], Path],
+                                   tmp_path: Path) -> None:
+    vfs = _started(repo_copy(mode_repo("bare-user"), tmp_path / "repo"), RECORDER_AFTER - 1)
+    assert vfs._recorder is None
+    vfs.close()
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_a_first_mount_starts_the_recorder(mode_repo: Callable[[str], Path], ostree: Tool,
-                                           tmp_path: Path, mode: str) -> None:
+def test_a_first_walk_starts_the_recorder(mode_repo: Callable[[str], Path], ostree: Tool,
+                                          tmp_path: Path, mode: str) -> None:
     repo = repo_copy(mode_repo(mode), tmp_path / "repo")
     ostree("checkout", f"--repo={repo}", "m", str(tmp_path / "co"), env=UTF8)
     want = snapshot(tmp_path / "co")
-    r = Repo.open(repo)
-    vfs = CommitVFS(r, rev_parse(r, "m"))
-    vfs.start()
-    assert vfs._starter is not None
-    vfs._starter.join()
+    vfs = _started(repo, RECORDER_AFTER)
     proc = vfs._recorder
     assert proc is not None
     assert proc.wait(60) == 0
     vfs.close()
+    r = Repo.open(repo)
     assert r.index.tree_recorded(vfs._nodes[ROOT_INO].checksum)
     # A later mount lists everything from the records, and starts no recorder.
-    r2 = Repo.open(repo)
-    loads = _counting_loads(r2)
-    second = CommitVFS(r2, rev_parse(r2, "m"))
+    loads = _counting_loads(r)
+    second = CommitVFS(r, rev_parse(r, "m"))
     second.start()
     assert second._starter is not None
     second._starter.join()
-    assert second._recorder is None
     got = vfs_snapshot(second)
     assert got == want, diff_snapshots(got, want)
     assert loads == []
+    assert second._recorder is None
     second.close()
 
 
 def test_unmount_ends_a_recorder_at_work(mode_repo: Callable[[str], Path],
                                          tmp_path: Path) -> None:
-    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
-    r = Repo.open(repo)
-    vfs = CommitVFS(r, rev_parse(r, "m"))
-    vfs.start()
-    assert vfs._starter is not None
-    vfs._starter.join()
+    vfs = _started(repo_copy(mode_repo("bare-user"), tmp_path / "repo"), RECORDER_AFTER)
     proc = vfs._recorder
     assert proc is not None
     # Stopped (SIGSTOP), it is still at work as far as the mount can tell, and a
@@ -191,10 +214,7 @@ def test_no_recorder_without_an_index_of_ours(mode_repo: Callable[[str], Path],
                                               tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
     os.lchown(repo, 4321, 4321)  # someone else's repository: root writes no index there
-    r = Repo.open(repo)
-    vfs = CommitVFS(r, rev_parse(r, "m"))
-    vfs.start()
-    assert vfs._starter is not None
-    vfs._starter.join()
+    vfs = _started(repo, 10)
     assert vfs._recorder is None
     vfs.close()
+    assert not (repo / INDEX_DIR).exists()
