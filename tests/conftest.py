@@ -11,6 +11,7 @@ Without /usr/bin/ostree the oracle-based tests are skipped locally, but fail whe
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,12 @@ from support import rev_parse as rev_parse  # noqa: E402  (re-exported helper)
 from treegen import make_tree  # noqa: E402
 
 __all__ = ["rev_parse"]
+
+# A suite started in the background of a script (``cmd &``) inherits SIGINT ignored, and
+# so would every process it starts: tests that stop a server or a mount with SIGINT,
+# as ^C does, would then wait for nothing. Take SIGINT back for this run.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _require_ostree() -> None:
