@@ -24,9 +24,11 @@ NICE = 10
 def spawn(repo_path: str, tree: str) -> subprocess.Popen[bytes] | None:
     """Start recording ``tree`` of the repository at ``repo_path``; None if a process
     cannot be started (a mount works without it)."""
+    code = (f"from {__name__} import main; "
+            f"raise SystemExit(main({repo_path!r}, {tree!r}, {os.getpid()}))")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", __name__, repo_path, tree, str(os.getpid())],
+            [sys.executable, "-c", code],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             close_fds=True,  # the daemon's are not its business (LMDB leaves some open)
             # Not in the terminal's process group: a ^C is for the mount, which ends this.
@@ -44,11 +46,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def main(argv: list[str]) -> int:
+def main(repo_path: str, tree: str, parent: int) -> int:
+    """The recorder process's work: 0 once the whole tree is recorded. It stops when
+    ``parent`` (the mount's process) is no longer its parent."""
     from ostreefs.store.repo import Repo
     from ostreefs.store.treerecord import record_tree
 
-    repo_path, tree, parent = argv[0], argv[1], int(argv[2])
     os.nice(NICE)
     try:
         repo = Repo.open(repo_path)
@@ -56,7 +59,3 @@ def main(argv: list[str]) -> int:
     except OstreefsError:
         return 1
     return 0 if done else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

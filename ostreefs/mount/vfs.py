@@ -420,7 +420,7 @@ class CommitVFS:
             self._counts_ready.set()
 
     def _want_recorder(self) -> None:
-        """Whether the tree's file headers should be recorded by a process of its own
+        """Settle whether the tree's file headers are to be recorded by a process of its own
         (see :mod:`ostreefs.mount.recorder`): not if the index has them all."""
         idx = self._hindex
         try:

@@ -19,6 +19,20 @@ from treegen import hardlink_groups  # noqa: F401 - re-exported for the mount te
 
 from ostreefs.mount.fuse import is_ostreefs_mount
 from ostreefs.mount.vfs import ROOT_INO, CommitVFS
+from ostreefs.store.repo import Repo
+
+
+def header_loads(r: Repo) -> list[str]:
+    """The checksums whose headers ``r`` reads from objects from now on."""
+    loads: list[str] = []
+    real = r.load_file_header
+
+    def counting(checksum: str) -> tuple[object, int]:
+        loads.append(checksum)
+        return real(checksum)
+
+    r.load_file_header = counting  # type: ignore[method-assign,assignment]
+    return loads
 
 
 def vfs_read_all(vfs: CommitVFS, ino: int, chunk: int = 128 * 1024) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MODES, repo_copy
-from mount_helpers import vfs_snapshot
+from mount_helpers import header_loads, vfs_snapshot
 from support import UTF8, Tool
 from treegen import diff_snapshots, snapshot
 
@@ -74,18 +74,6 @@ def _started(repo: Path, listed: int) -> CommitVFS:
     return vfs
 
 
-def _counting_loads(r: Repo) -> list[str]:
-    loads: list[str] = []
-    real = r.load_file_header
-
-    def counting(checksum: str) -> tuple[object, int]:
-        loads.append(checksum)
-        return real(checksum)
-
-    r.load_file_header = counting  # type: ignore[method-assign,assignment]
-    return loads
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_every_directory_is_recorded_as_the_objects_say(
         mode_repo: Callable[[str], Path], tmp_path: Path, mode: str) -> None:
@@ -99,7 +87,7 @@ def test_every_directory_is_recorded_as_the_objects_say(
     for t in trees:
         assert _recorded(r, t) == _as_objects_say(r, t), t
     # Marked: a second run reads nothing, not even the dirtrees.
-    loads = _counting_loads(r)
+    loads = header_loads(r)
     real = r.load_dirtree
     r.load_dirtree = lambda c: loads.append(c) or real(c)  # type: ignore[method-assign]
     assert record_tree(r, root)
@@ -180,7 +168,7 @@ def test_a_first_walk_starts_the_recorder(mode_repo: Callable[[str], Path], ostr
     r = Repo.open(repo)
     assert r.index.tree_recorded(vfs._nodes[ROOT_INO].checksum)
     # A later mount lists everything from the records, and starts no recorder.
-    loads = _counting_loads(r)
+    loads = header_loads(r)
     second = CommitVFS(r, rev_parse(r, "m"))
     second.start()
     assert second._starter is not None

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 from conftest import MODES, repo_copy
-from mount_helpers import hardlink_groups, vfs_hardlinks, vfs_read_all, vfs_snapshot
+from mount_helpers import (
+    hardlink_groups,
+    header_loads,
+    vfs_hardlinks,
+    vfs_read_all,
+    vfs_snapshot,
+)
 from support import TS_ARG, UTF8, Tool, init_repo
 from treegen import diff_snapshots, snapshot
 
@@ -257,19 +263,6 @@ def test_owner_override(mode_repo: Callable[[str], Path]) -> None:
     assert {(a.uid, a.gid) for a in seen} == {(4321, 8765)}
 
 
-def _header_loads(r: Repo) -> list[str]:
-    """The checksums whose headers ``r`` reads from objects from now on."""
-    loads: list[str] = []
-    real = r.load_file_header
-
-    def counting(checksum: str) -> tuple[object, int]:
-        loads.append(checksum)
-        return real(checksum)
-
-    r.load_file_header = counting  # type: ignore[method-assign,assignment]
-    return loads
-
-
 def _recording(vfs: CommitVFS) -> dict[str, dict[str, object]]:
     """Snapshot through a VFS, then write the headers it gathered to the index."""
     snap = vfs_snapshot(vfs)
@@ -288,7 +281,7 @@ def test_recorded_headers_match_checkout(mode_repo: Callable[[str], Path], ostre
     # A second view lists every directory from the index: no file header is read from
     # an object (reads still open the objects), and it shows the same tree.
     r = Repo.open(repo)
-    loads = _header_loads(r)
+    loads = header_loads(r)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     second = vfs_snapshot(vfs)
     assert second == want, diff_snapshots(second, want)
@@ -324,7 +317,7 @@ def test_damaged_header_record_is_ignored(mode_repo: Callable[[str], Path],
     good = r.index.dir_headers(root)
     assert good
     r.index.store_dir_headers([(root, good[:-3])])  # truncated: not the files it names
-    loads = _header_loads(r)
+    loads = header_loads(r)
     vfs = CommitVFS(r, rev_parse(r, "m"))
     root_files = {c for _n, c in r.load_dirtree(root).files}
     assert vfs_snapshot(vfs) == want
