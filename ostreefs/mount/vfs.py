@@ -277,6 +277,8 @@ class CommitVFS:
                uid: int | None, gid: int | None) -> None:
         self.repo = repo
         self.commit = commit
+        #: For a process of another working directory (the recorder).
+        self._repo_path = os.path.abspath(repo.path)
         self._uid = uid
         self._gid = gid
         self._nodes: dict[int, _Node] = {}
@@ -304,6 +306,8 @@ class CommitVFS:
         self._counts_ready = threading.Event()
         self._writer: ThreadPoolExecutor | None = None  # index writes (flush_headers)
         self._hpending: list[tuple[str, bytes]] = []
+        #: The index's records generation when it was opened (-1 once it moved on).
+        self._records_gen = -1
         self._zstreams: _LRU[str, _ZStream] = _LRU(ZSTREAM_CACHE)
         self._objfds: _LRU[str, _Open] = _LRU(OBJFD_CACHE)
         self._reported: set[str] = set()
@@ -443,12 +447,17 @@ class CommitVFS:
                          name="ostreefs-recorder").start()
 
     def _spawn_recorder(self) -> None:
+        """Start the recorder, then wait for it (on this thread of its own), so that
+        one that has finished is not left a zombie for the rest of the mount."""
         from ostreefs.mount import recorder
 
         with self._recorder_lock:
-            if not self._closed:
-                self._recorder = recorder.spawn(os.path.abspath(self.repo.path),
-                                                self._nodes[ROOT_INO].checksum)
+            if self._closed:
+                return
+            proc = self._recorder = recorder.spawn(self._repo_path,
+                                                   self._nodes[ROOT_INO].checksum)
+        if proc is not None:
+            log.debug("the recorder ended with status %s", proc.wait())
 
     def _recorded_walk(self) -> tuple[dict[int, int], list[bytes]] | None:
         """What the index recorded of the mounted tree by an earlier pass."""
@@ -581,7 +590,11 @@ class CommitVFS:
     def _open_index(self) -> None:
         try:
             if self._owns_index():
-                self._hindex = self.repo.index
+                idx = self.repo.index
+                # Headers read from now on may be recorded, unless records are
+                # dropped meanwhile (see Index.records_generation).
+                self._records_gen = idx.records_generation()
+                self._hindex = idx
         except Exception:  # noqa: BLE001 - derived data: without it, read objects
             self._hindex = None
         finally:
@@ -664,10 +677,12 @@ class CommitVFS:
     def _store(self, idx: Index, pending: list[tuple[str, bytes]],
                walk: tuple[dict[int, int], list[bytes]] | None) -> None:
         try:
-            if pending:
-                idx.store_dir_headers(pending)
-            if walk:
-                idx.store_tree_walk(self._nodes[ROOT_INO].checksum, *walk)
+            gen = self._records_gen
+            if pending and not idx.store_dir_headers(pending, gen):
+                self._records_gen = -1  # records were dropped: none from this mount
+            if walk and not idx.store_tree_walk(self._nodes[ROOT_INO].checksum, *walk,
+                                                generation=gen):
+                self._records_gen = -1
         except Exception:  # noqa: BLE001 - e.g. a read-only repository: records are
             pass  # only a shortcut
 

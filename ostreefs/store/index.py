@@ -24,6 +24,10 @@ Databases:
              its ``dirheaders`` record (:mod:`ostreefs.store.treerecord`), so a mount
              need not start the recorder for it again
 
+Whatever drops mount records (a repair, a rebuild, a dirtree gone) counts up a
+generation in ``info``; a writer that read objects under an older generation has its
+records discarded (they may be from the objects the drop was about).
+
 The objects are the truth. ``sync()`` compares each ``objects/XX`` directory's mtime
 with the recorded one and rescans only the directories that changed, which catches a
 crash between an object write and its index update as well as ostree writing to the
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
 
 INDEX_DIR = "ostreefs-index"
 SCHEMA = b"1"
+_RECORDS_GEN = b"mount-records-generation"
 _TYPES = list(ObjectType)
 _TYPE_BYTE = {t: bytes([i]) for i, t in enumerate(_TYPES)}
 #: A cached hash is trusted only if the file's ctime is this much older than the hash.
@@ -147,6 +152,7 @@ class Index:
                 txn.drop(idx.dirheaders, delete=False)
                 txn.drop(idx.treewalks, delete=False)
                 txn.drop(idx.recorded, delete=False)
+                idx._records_dropped(txn)
             txn.put(b"schema", SCHEMA, db=idx.info)
         return idx
 
@@ -234,7 +240,8 @@ class Index:
         for key in stale:
             self._remove(txn, key[:32], _TYPES[key[32]])
         tree_byte = _TYPE_BYTE[ObjectType.DIR_TREE]
-        for db in (self.dirheaders, self.treewalks, self.recorded):  # of dirtrees now gone
+        dropped = False
+        for db in (self.dirheaders, self.treewalks):  # records of dirtrees now gone
             cur = txn.cursor(db=db)
             gone = []
             if cur.set_range(first):
@@ -245,6 +252,12 @@ class Index:
                         gone.append(bytes(key))
             for key in gone:
                 txn.delete(key, db=db)
+            dropped = dropped or bool(gone)
+        if dropped:
+            # A tree marked recorded may hold the dirtree just dropped, and which
+            # trees do is not kept: the marks go (a recorder re-marks a tree cheaply).
+            txn.drop(self.recorded, delete=False)
+            self._records_dropped(txn)
         for key, (csum, otype) in on_disk.items():
             if txn.get(key, db=self.catalog) is not None:
                 continue
@@ -265,6 +278,7 @@ class Index:
                        self.reflog, self.inodes, self.dirheaders, self.treewalks,
                        self.recorded):
                 txn.drop(db, delete=False)
+            self._records_dropped(txn)
         self.sync()
         self._load_reflogs()
 
@@ -402,13 +416,36 @@ class Index:
             v: bytes | None = txn.get(bytes.fromhex(tree), db=self.dirheaders)
             return v
 
-    def store_dir_headers(self, items: Iterable[tuple[str, bytes]]) -> None:
+    def store_dir_headers(self, items: Iterable[tuple[str, bytes]],
+                          generation: int | None = None) -> bool:
+        """Write file-header records; with ``generation`` (see
+        :meth:`records_generation`), only if no records were dropped since. Whether
+        they were written."""
         with self.env.begin(write=True) as txn:
+            if not self._same_generation(txn, generation):
+                return False
             put = txn.put
             db = self.dirheaders
             for tree, packed in items:
                 if is_checksum(tree):
                     put(bytes.fromhex(tree), packed, db=db)
+        return True
+
+    def records_generation(self) -> int:
+        """How many times mount records have been dropped: read it before reading the
+        objects a record is made from, and hand it to the write."""
+        with self.env.begin() as txn:
+            return self._generation(txn)
+
+    def _generation(self, txn: Any) -> int:
+        v = txn.get(_RECORDS_GEN, db=self.info)
+        return int.from_bytes(v, "big") if v else 0
+
+    def _same_generation(self, txn: Any, generation: int | None) -> bool:
+        return generation is None or self._generation(txn) == generation
+
+    def _records_dropped(self, txn: Any) -> None:
+        txn.put(_RECORDS_GEN, (self._generation(txn) + 1).to_bytes(8, "big"), db=self.info)
 
     def forget_mount_records(self) -> None:
         """Drop every ``dirheaders``, ``treewalks`` and ``recorded`` record (after a
@@ -417,15 +454,21 @@ class Index:
             txn.drop(self.dirheaders, delete=False)
             txn.drop(self.treewalks, delete=False)
             txn.drop(self.recorded, delete=False)
+            self._records_dropped(txn)
 
     def tree_recorded(self, tree: str) -> bool:
-        """Whether every dirtree of the tree has had its headers recorded."""
+        """Whether the recorder has nothing left to do for this tree."""
         with self.env.begin(buffers=True) as txn:
             return txn.get(bytes.fromhex(tree), db=self.recorded) is not None
 
-    def mark_tree_recorded(self, tree: str) -> None:
+    def mark_tree_recorded(self, tree: str, generation: int) -> bool:
+        """Mark a tree whose every dirtree has a record (written under ``generation``);
+        whether the mark was set."""
         with self.env.begin(write=True) as txn:
+            if not self._same_generation(txn, generation):
+                return False
             txn.put(bytes.fromhex(tree), b"", db=self.recorded)
+        return True
 
     def tree_walk(self, tree: str) -> tuple[dict[int, int], list[bytes]] | None:
         """The link counts and dirtrees of a whole tree, as recorded (``treewalks``)."""
@@ -441,12 +484,17 @@ class Index:
         return counts, [v[i:i + 32] for i in range(end, len(v), 32)]
 
     def store_tree_walk(self, tree: str, counts: dict[int, int],
-                        trees: Sequence[bytes]) -> None:
+                        trees: Sequence[bytes], generation: int | None = None) -> bool:
+        """Write a tree's walk record (see :meth:`store_dir_headers` for
+        ``generation``); whether it was written."""
         packed = b"".join([len(counts).to_bytes(4, "big"),
                            *(struct.pack(">QI", k, n) for k, n in sorted(counts.items())),
                            *trees])
         with self.env.begin(write=True) as txn:
+            if not self._same_generation(txn, generation):
+                return False
             txn.put(bytes.fromhex(tree), packed, db=self.treewalks)
+        return True
 
     def sync_to_disk(self) -> None:
         self.env.sync(True)

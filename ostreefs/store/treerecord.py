@@ -10,9 +10,9 @@ them (see ``ostreefs.mount.recorder``). It goes depth first, files before
 subdirectories, which is the order ``find`` and ``tar`` walk in, and writes a few
 directories at a time, so that a walk that has just started finds its records soon.
 
-A dirtree whose record exists is not read again for its files; one that cannot be read,
-or whose files' objects cannot, gets no record (the mount reports the damage when it
-gets there), and then the tree is not marked recorded.
+A dirtree whose record exists (and is well formed) is not read again for its files; one
+that cannot be read, or whose files' objects cannot, gets no record (the mount reports
+the damage when it gets there), and then the tree is not marked recorded.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
                 keep_going: Callable[[], bool] = lambda: True) -> bool:
     """Record the headers of every directory of ``tree`` (a dirtree checksum) that has
     no record yet; whether the whole tree is now recorded. Stops early, with what it
-    wrote kept, once ``keep_going()`` is false."""
+    wrote kept, once ``keep_going()`` is false, and as soon as something drops mount
+    records meanwhile (what it read may be what the drop was about)."""
     idx = repo.index
     if idx.tree_recorded(tree):
         return True
+    generation = idx.records_generation()  # before any object is read
     complete = True
     pending: list[tuple[str, bytes]] = []
     seen: set[str] = set()  # a subtree repeated in the tree is recorded once
@@ -52,23 +54,23 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
         seen.add(t)
         try:
             dt = repo.load_dirtree(t)
-        except StoreError:
+        except (StoreError, OSError):  # damaged, or unreadable (EIO, EACCES)
             complete = False
             continue
         todo.extend(c for _n, c, _m in reversed(dt.dirs))
-        if idx.dir_headers(t) is not None:
+        raw = idx.dir_headers(t)
+        if raw is not None and dirheaders.unpack(raw, len(dt.files)) is not None:
             continue
         try:
             headers = [repo.load_file_header(c) for _n, c in dt.files]
-        except StoreError:
+        except (StoreError, OSError):
             complete = False
             continue
         pending.append((t, dirheaders.pack(headers)))
         if len(pending) >= batch:
-            idx.store_dir_headers(pending)
+            if not idx.store_dir_headers(pending, generation):
+                return False
             pending = []
-    if pending:
-        idx.store_dir_headers(pending)
-    if complete:
-        idx.mark_tree_recorded(tree)
-    return complete
+    if pending and not idx.store_dir_headers(pending, generation):
+        return False
+    return complete and idx.mark_tree_recorded(tree, generation)

@@ -399,6 +399,7 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     second._starter.join()
     assert second._walk_record is None  # no pass ran: the record was used
     assert vfs_hardlinks(second) == want
+    second.close()  # (ends the recorder its walk started)
 
 
 def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str], Path],
