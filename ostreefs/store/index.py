@@ -20,9 +20,10 @@ Databases:
              st_nlink; u32 BE n, then n pairs of u64 BE key (the checksum's first 8
              bytes) and u32 BE count) and every dirtree in it (raw, breadth first),
              so a mount can ask the disk for them all ahead of a walk
-``recorded`` raw dirtree checksum -> empty: every dirtree below it (itself included) has
-             its ``dirheaders`` record (:mod:`ostreefs.store.treerecord`), so a mount
-             need not start the recorder for it again
+``recorded`` raw dirtree checksum -> empty: a recorder walked the whole tree, so every
+             dirtree below it has its ``dirheaders`` record but for those it found
+             damaged (:mod:`ostreefs.store.treerecord`); a mount need not start one
+             for it again
 
 Whatever drops mount records (a repair, a rebuild, a dirtree gone) counts up a
 generation in ``info``; a writer that read objects under an older generation has its
@@ -462,8 +463,8 @@ class Index:
             return txn.get(bytes.fromhex(tree), db=self.recorded) is not None
 
     def mark_tree_recorded(self, tree: str, generation: int) -> bool:
-        """Mark a tree whose every dirtree has a record (written under ``generation``);
-        whether the mark was set."""
+        """Mark a tree a recorder walked to the end (its records written under
+        ``generation``); whether the mark was set."""
         with self.env.begin(write=True) as txn:
             if not self._same_generation(txn, generation):
                 return False

@@ -12,7 +12,7 @@ directories at a time, so that a walk that has just started finds its records so
 
 A dirtree whose record exists (and is well formed) is not read again for its files; one
 that cannot be read, or whose files' objects cannot, gets no record (the mount reports
-the damage when it gets there), and then the tree is not marked recorded.
+the damage when it gets there).
 """
 
 from __future__ import annotations
@@ -35,19 +35,23 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
     """Record the headers of every directory of ``tree`` (a dirtree checksum) that has
     no record yet; whether the whole tree is now recorded. Stops early, with what it
     wrote kept, once ``keep_going()`` is false, and as soon as something drops mount
-    records meanwhile (what it read may be what the drop was about)."""
+    records meanwhile (what it read may be what the drop was about).
+
+    A walk that went to the end marks the tree, damaged or not: another recorder would
+    only meet the same damage (a mount records what it lists, repaired or not)."""
     idx = repo.index
     if idx.tree_recorded(tree):
         return True
     generation = idx.records_generation()  # before any object is read
-    complete = True
+    damaged = False
     pending: list[tuple[str, bytes]] = []
     seen: set[str] = set()  # a subtree repeated in the tree is recorded once
     todo = [tree]
     while todo:
         if not keep_going():
-            complete = False
-            break
+            if pending:
+                idx.store_dir_headers(pending, generation)
+            return False
         t = todo.pop()
         if t in seen:
             continue
@@ -55,7 +59,7 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
         try:
             dt = repo.load_dirtree(t)
         except (StoreError, OSError):  # damaged, or unreadable (EIO, EACCES)
-            complete = False
+            damaged = True
             continue
         todo.extend(c for _n, c, _m in reversed(dt.dirs))
         raw = idx.dir_headers(t)
@@ -64,7 +68,7 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
         try:
             headers = [repo.load_file_header(c) for _n, c in dt.files]
         except (StoreError, OSError):
-            complete = False
+            damaged = True
             continue
         pending.append((t, dirheaders.pack(headers)))
         if len(pending) >= batch:
@@ -73,4 +77,4 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
             pending = []
     if pending and not idx.store_dir_headers(pending, generation):
         return False
-    return complete and idx.mark_tree_recorded(tree, generation)
+    return idx.mark_tree_recorded(tree, generation) and not damaged
