@@ -47,11 +47,11 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
     pending: list[tuple[str, bytes]] = []
     seen: set[str] = set()  # a subtree repeated in the tree is recorded once
     todo = [tree]
+    stopped = False
     while todo:
         if not keep_going():
-            if pending:
-                idx.store_dir_headers(pending, generation)
-            return False
+            stopped = True
+            break
         t = todo.pop()
         if t in seen:
             continue
@@ -76,5 +76,7 @@ def record_tree(repo: Repo, tree: str, *, batch: int = BATCH,
                 return False
             pending = []
     if pending and not idx.store_dir_headers(pending, generation):
+        return False
+    if stopped:  # (what it had read is written, above)
         return False
     return idx.mark_tree_recorded(tree, generation) and not damaged
