@@ -14,10 +14,12 @@ protocol adapter around it. Everything is read from the repository on demand:
   times the object occurs in the mounted tree plus one: the repository's own link, which
   a fresh hardlink checkout also counts (``ostree checkout -U`` of bare-user or archive,
   plain ``ostree checkout`` of bare as root). Empty files and symlinks that ostree
-  copies each get their own inode with ``st_nlink`` 1. The counts come from one pass
-  over the mounted tree's dirtrees (not its file objects), started on a thread once
-  mounted (:meth:`CommitVFS.start`) and waited for on first need; only counts above one
-  are kept. A directory's ``st_nlink`` is 2 plus its subdirectories.
+  copies each get their own inode with ``st_nlink`` 1. The counts come from the index
+  when the commit, pull or pull-local that wrote the tree, or an earlier mount,
+  recorded them (:mod:`ostreefs.store.treecount`); otherwise from one pass over the
+  mounted tree's dirtrees (not its file objects), started on a thread once mounted
+  (:meth:`CommitVFS.start`) and waited for on first need. Only counts above one are
+  kept. A directory's ``st_nlink`` is 2 plus its subdirectories.
 * **Times** are 0 (the epoch), as a hardlink checkout shows files and any checkout shows
   directories. Directories have ``st_size`` 4096 and symlinks the length of their target.
 * **Reads** ``pread`` the object file in bare modes, by handle (:meth:`CommitVFS.open`)
@@ -45,12 +47,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from ostreefs.errors import CorruptObject, MalformedData, OstreefsError, StoreError
+from ostreefs.errors import CorruptObject, OstreefsError, StoreError
 from ostreefs.mount import layers
-from ostreefs.store import dirheaders
+from ostreefs.store import dirheaders, treecount
 from ostreefs.store import tree as treemod
 from ostreefs.store.config import RepoMode
-from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs, dirtree_checksums
+from ostreefs.store.objects import DirTree, FileHeader, ObjectType, Xattrs
 from ostreefs.store.repo import Repo
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ DIR_SIZE = 4096
 DIRTREE_CACHE = 2048
 HEADER_CACHE = 8192
 #: Threads that read object files at once where a cold disk, not parsing, is the wait:
-#: the hardlink-count pass and the file headers of a directory being listed.
+#: the file headers of a directory being listed, and the read-ahead of dirtrees.
 IO_THREADS = 4
 #: Work items per thread task (a task per item would cost more than the item).
 IO_BATCH = 64
@@ -87,8 +89,6 @@ ZAHEAD = 1 << 20
 ZCHECKPOINT_MIN = 8 << 20
 #: Directories whose file headers are written to the index at once.
 HEADER_RECORD_BATCH = 256
-#: Dirtrees of a mounted tree (breadth first) recorded for a later mount to read ahead.
-READAHEAD_TREES = 8192
 #: Directories listed without recorded headers before a recorder process is started.
 RECORDER_AFTER = 3
 #: Seconds an unmount waits for the index (to write what it recorded), at most.
@@ -478,7 +478,7 @@ class CommitVFS:
         if self._count_errors == 0:
             # A tree never changes: the next mount of it skips the pass. Handed to
             # flush_headers, which writes it with the headers.
-            self._walk_record = (counts, self._walked[:READAHEAD_TREES])
+            self._walk_record = (counts, self._walked)
         self._walked = []
 
     def _read_ahead(self, trees: list[bytes]) -> None:
@@ -508,56 +508,14 @@ class CommitVFS:
             self._pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-io")
         return self._pool
 
-    def _read_trees(self, trees: list[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
-        for tree in trees:
-            try:
-                out.append(self.repo.read_metadata(tree, ObjectType.DIR_TREE))
-            except StoreError as e:
-                self._report(tree, e)
-                out.append(None)
-        return out
-
     def _count_objects(self) -> dict[int, int]:
-        """How often each content object occurs in the mounted tree (only counts > 1).
-
-        Level by level; the dirtrees of a level are read by a few threads at once, since
-        with a cold cache the pass waits on the disk far more than it parses.
-        """
-        seen: dict[int, int] = {}
-        level = [self._nodes[ROOT_INO].checksum]
-        self._walked = [bytes.fromhex(level[0])]
-        pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-count")
-        try:
-            while level:
-                unique = list(dict.fromkeys(level))
-                batches = [unique[i:i + IO_BATCH] for i in range(0, len(unique), IO_BATCH)]
-                data: dict[str, bytes | None] = {}
-                for batch, got in zip(batches, pool.map(self._read_trees, batches),
-                                      strict=True):
-                    data.update(zip(batch, got, strict=True))
-                nxt: list[str] = []
-                for tree in level:
-                    raw = data[tree]
-                    if raw is None:
-                        self._count_errors += 1
-                        continue
-                    try:
-                        files, dirs = dirtree_checksums(raw)
-                    except MalformedData as e:
-                        self._report(tree, CorruptObject(tree, "dirtree", e.args[1]))
-                        self._count_errors += 1
-                        continue
-                    for c in files:
-                        k = int.from_bytes(c[:8], "big")
-                        seen[k] = seen.get(k, 0) + 1
-                    nxt.extend(c.hex() for c in dirs)
-                    if len(self._walked) < READAHEAD_TREES:
-                        self._walked.extend(dirs)
-                level = nxt
-        finally:
-            pool.shutdown(wait=False)
-        return {k: v for k, v in seen.items() if v > 1}
+        """How often each content object occurs in the mounted tree (only counts > 1);
+        what the pass could not read is reported and leaves the counts unrecorded."""
+        tc = treecount.count_tree(self.repo, self._nodes[ROOT_INO].checksum,
+                                  on_error=self._report)
+        self._count_errors = tc.errors
+        self._walked = tc.trees
+        return tc.counts
 
     def _prefetch_headers(self, d: _Dir) -> None:
         """Load the file headers of a directory about to be listed, a few threads at a
