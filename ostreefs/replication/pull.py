@@ -33,6 +33,7 @@ from ostreefs.replication.remote_summary import (
 )
 from ostreefs.replication.resume import adopt, claim_stale_staging, release
 from ostreefs.replication.transport import Transport, run_unwrapped
+from ostreefs.store import treecount
 from ostreefs.store.objects import ObjectType, decode_metadata, is_checksum
 from ostreefs.store.refs import RefSpec, resolve_ref, set_ref, validate_ref_name
 from ostreefs.store.remotes import Remote, get_remote
@@ -347,6 +348,8 @@ class _Pull:
             else:
                 (repo.path / "summary.sig").unlink(missing_ok=True)
         _record(repo, written)
+        if not opts.commit_metadata_only:
+            treecount.record_commits(repo, [commit for _name, commit in tips])
 
 
 def _record(repo: Repo, written: list[tuple[str, ObjectType, int]]) -> None:

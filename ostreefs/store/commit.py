@@ -21,7 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ostreefs import _fs
-from ostreefs.errors import StoreError, UsageError
+from ostreefs.errors import OstreefsError, StoreError, UsageError
+from ostreefs.store import treecount
 from ostreefs.store.config import RepoMode
 from ostreefs.store.gvariant import Variant
 from ostreefs.store.index import RACY_NS, stat_key
@@ -98,7 +99,7 @@ class _Slot:
 class MTree:
     """A directory being built: either loaded from a commit or filled from disk."""
 
-    __slots__ = ("files", "dirs", "meta", "base")
+    __slots__ = ("files", "dirs", "meta", "base", "written")
 
     def __init__(self) -> None:
         self.files: dict[str, str | _Slot] = {}
@@ -106,6 +107,8 @@ class MTree:
         self.meta: str | None = None
         #: (dirtree, dirmeta) of an unmodified tree taken from a commit, if any.
         self.base: tuple[str, str] | None = None
+        #: Its dirtree, once written (or taken from base).
+        self.written: str | None = None
 
     def expand(self, repo: Repo) -> None:
         """Turn a borrowed commit tree into editable entries (one level)."""
@@ -379,6 +382,7 @@ class _Writer:
     def write_tree(self, node: MTree) -> tuple[str, str]:
         """Write dirtrees bottom-up; returns (dirtree, dirmeta) of ``node``."""
         if node.base is not None:
+            node.written = node.base[0]
             return node.base
         files = {}
         for name, v in node.files.items():
@@ -388,7 +392,7 @@ class _Writer:
             raise StoreError("internal: directory without metadata")
         tree = DirTree.build(files, dirs)
         data = tree.to_bytes()
-        csum = self.txn.write_metadata(ObjectType.DIR_TREE, data)
+        csum = node.written = self.txn.write_metadata(ObjectType.DIR_TREE, data)
         return csum, node.meta
 
     def close(self) -> None:
@@ -475,6 +479,7 @@ def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
         if branch is not None:
             set_ref(repo, branch, checksum, fsync=opts.fsync, reason="commit")
         _update_index(repo, written, writer.cache_puts, txn.inodes)
+        _record_counts(repo, root)
         if opts.consume:
             for p in writer.consumed:
                 try:
@@ -495,6 +500,36 @@ def _update_index(repo: Repo, written: list[tuple[str, ObjectType, int]],
         if cache_puts:
             idx.stat_store_many(cache_puts)
     except (StoreError, OSError):
+        pass
+
+
+def _record_counts(repo: Repo, root: MTree) -> None:
+    """Record the hardlink counts of the tree just written (see store.treecount), so
+    that a first mount of it need not count. From memory when every directory was
+    built here (a commit of a directory); a tree that borrows subtrees from another
+    commit is counted from its dirtrees. Best effort: the index is derived data."""
+    if root.written is None:
+        return
+    seen: dict[int, int] = {}
+    walked: list[bytes] = []
+    level = [root]
+    while level:
+        nxt: list[MTree] = []
+        for node in level:
+            if node.base is not None or node.written is None:
+                treecount.record_counts_quietly(repo, root.written)
+                return
+            if len(walked) < treecount.READAHEAD_TREES:
+                walked.append(bytes.fromhex(node.written))
+            for v in node.files.values():
+                k = int((v if isinstance(v, str) else v.result())[:16], 16)
+                seen[k] = seen.get(k, 0) + 1
+            nxt.extend(node.dirs[n] for n in sorted(node.dirs))  # a dirtree's order
+        level = nxt
+    try:
+        repo.index.store_tree_walk(root.written, {k: n for k, n in seen.items() if n > 1},
+                                   walked)
+    except (OstreefsError, OSError):
         pass
 
 

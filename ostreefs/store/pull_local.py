@@ -42,6 +42,7 @@ from ostreefs.errors import (
     StoreError,
     UsageError,
 )
+from ostreefs.store import treecount
 from ostreefs.store.config import RepoMode
 from ostreefs.store.objects import Commit, ObjectType, Summary, is_checksum
 from ostreefs.store.refs import (
@@ -186,6 +187,8 @@ def pull_local(dest: Repo, src: Repo, refs: list[str] | None, *, depth: int = 0,
         dest.index.record_objects(result.written)
     except (StoreError, OSError):
         pass  # the objects are the truth; the index catches up on its next sync
+    if not commit_metadata_only:
+        treecount.record_commits(dest, requested.values())
     return result
 
 

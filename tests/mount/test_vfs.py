@@ -402,6 +402,24 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     second.close()  # (ends the recorder its walk started)
 
 
+def test_a_tree_ostreefs_committed_is_mounted_without_counting(
+        mode_repo: Callable[[str], Path], ostreefs: Tool, src_tree: Path,
+        tmp_path: Path) -> None:
+    """The commit recorded the link counts (ostreefs.store.treecount): a first mount
+    takes them, and shows the hardlinks a mount of ostree's commit of the tree counts."""
+    want = vfs_hardlinks(open_vfs(repo_copy(mode_repo("bare-user"), tmp_path / "theirs")))
+    repo = init_repo(ostreefs, tmp_path / "repo", "bare-user")
+    ostreefs("commit", f"--repo={repo}", "-b", "m", "-s", "m", TS_ARG, str(src_tree), env=UTF8)
+    vfs = open_vfs(repo)
+    vfs.start()
+    assert vfs._starter is not None
+    vfs._starter.join()
+    assert vfs._counts  # the tree has hardlinks
+    assert vfs._walk_record is None  # no pass ran: the commit's record was used
+    assert vfs_hardlinks(vfs) == want
+    vfs.close()
+
+
 def test_link_counts_of_a_damaged_tree_are_not_recorded(mode_repo: Callable[[str], Path],
                                                         tmp_path: Path) -> None:
     repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from countcheck import assert_counts_recorded, recorded_walk
 from nginx import Nginx
 from pullcheck import (
     assert_fsck_ok,
@@ -79,6 +80,7 @@ def test_ostreefs_pulls_ostree_repo(tmp_path: Path, ostree: Tool, ostreefs: Tool
     assert_fsck_ok(ostree, ostreefs, ours)
     assert ostree("ls", f"--repo={ours}", "-R", "-C", commit).stdout == \
         ostree("ls", f"--repo={theirs}", "-R", "-C", commit).stdout
+    assert_counts_recorded(ostree, ours, commit)  # for a first mount (store.treecount)
     assert not (ours / "state" / f"{commit}.commitpartial").exists()
     assert [p.name for p in (ours / "tmp").iterdir() if p.name.startswith("staging")] == []
 
@@ -241,6 +243,7 @@ def test_commit_metadata_only_then_subpath_then_full(tmp_path: Path, ostree: Too
     assert refs_of(client) == {"refs/remotes/origin/main": tip}
     assert {p.rsplit(".", 1)[1] for p in _fetched(server)} == {"commit"}
     assert partial.exists()
+    assert recorded_walk(client, tip) is None  # no tree to count yet
 
     # --subpath: only that directory's content (and the dirtrees leading to it).
     c = Commit.from_bytes((repo / "objects" / tip[:2] / f"{tip[2:]}.commit").read_bytes())
@@ -258,6 +261,7 @@ def test_commit_metadata_only_then_subpath_then_full(tmp_path: Path, ostree: Too
     assert not (got_files & (root_files - sub_files)), "a file outside the subpath came"
     assert partial.exists(), "a subpath pull must leave the commit partial"
     assert ostreefs("fsck", f"--repo={client}").returncode == 0
+    assert recorded_walk(client, tip) is None  # dirtrees outside the subpath are missing
 
     # A full pull then completes the commit, fetching each remaining object once.
     server.clear_log()
@@ -267,6 +271,7 @@ def test_commit_metadata_only_then_subpath_then_full(tmp_path: Path, ostree: Too
     assert not (set(second) & got_files)
     assert not partial.exists()
     assert_fsck_ok(ostree, ostreefs, client)
+    assert_counts_recorded(ostree, client, tip)
 
 
 def test_dry_run_changes_nothing(tmp_path: Path, ostree: Tool, ostreefs: Tool,
