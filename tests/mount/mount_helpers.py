@@ -35,6 +35,31 @@ def header_loads(r: Repo) -> list[str]:
     return loads
 
 
+def page_cached(path: str) -> bool:
+    """Whether the first page of a file is in the page cache (mincore(2) on a mapping)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = ctypes.create_string_buffer(1)
+            assert libc.mincore(addr, mmap.PAGESIZE, vec) == 0, os.strerror(ctypes.get_errno())
+            return bool(vec.raw[0] & 1)
+        finally:
+            libc.munmap(addr, mmap.PAGESIZE)
+    finally:
+        os.close(fd)
+
+
 def vfs_read_all(vfs: CommitVFS, ino: int, chunk: int = 128 * 1024) -> bytes:
     fh = vfs.open(ino)
     try:

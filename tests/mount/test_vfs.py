@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import MODES, repo_copy
 from mount_helpers import (
     hardlink_groups,
     header_loads,
+    page_cached,
     vfs_hardlinks,
     vfs_read_all,
     vfs_snapshot,
@@ -28,6 +30,7 @@ from ostreefs.store.index import INDEX_DIR
 from ostreefs.store.objects import ObjectType
 from ostreefs.store.refs import rev_parse
 from ostreefs.store.repo import Repo
+from ostreefs.store.treerecord import record_tree
 
 
 def open_vfs(repo: Path, rev: str = "m", **kw: object) -> CommitVFS:
@@ -400,6 +403,57 @@ def test_link_counts_are_recorded_once(mode_repo: Callable[[str], Path],
     assert second._walk_record is None  # no pass ran: the record was used
     assert vfs_hardlinks(second) == want
     second.close()  # (ends the recorder its walk started)
+
+
+def test_dirtrees_are_read_ahead_once_a_walk_shows(mode_repo: Callable[[str], Path],
+                                                  tmp_path: Path) -> None:
+    """With the counts recorded, a mount asks the disk for the tree's dirtrees only
+    once a third directory is listed: a look's reads must not queue behind them."""
+    repo = repo_copy(mode_repo("bare-user"), tmp_path / "repo")
+    first = open_vfs(repo)
+    first.start()
+    assert first._starter is not None
+    first._starter.join()
+    first.close()  # records the counts and the dirtrees to read ahead
+    root = first._nodes[ROOT_INO].checksum
+    walk = first.repo.index.tree_walk(root)
+    assert walk is not None
+    assert record_tree(first.repo, root)  # no recorder process will read the tree
+    paths = [first.repo.object_path_str(t.hex(), ObjectType.DIR_TREE) for t in walk[1]]
+    vfs = open_vfs(repo)
+    subdirs = [a.ino for _o, _n, a in vfs.entries(ROOT_INO) if stat.S_ISDIR(a.mode)]
+    # What a listing reads: its dirtree, and those of its subdirectories (their link
+    # counts).
+    listed = set()
+    for ino in [ROOT_INO, *subdirs[:2]]:
+        tree = vfs._nodes[ino].checksum
+        listed |= {tree, *(c for _n, c, _m in vfs.repo.load_dirtree(tree).dirs)}
+    unlisted = [p for t, p in zip(walk[1], paths, strict=True) if t.hex() not in listed]
+    assert len(unlisted) > 10
+
+    def drop() -> None:
+        os.sync()  # (dirty pages of the fresh copy are not dropped)
+        for p in unlisted:
+            fd = os.open(p, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+    drop()
+    assert not any(page_cached(p) for p in unlisted)
+    vfs = open_vfs(repo)
+    vfs.start()
+    assert vfs._starter is not None
+    vfs._starter.join()
+    list(vfs.entries(ROOT_INO))  # a look: one directory, and a second
+    list(vfs.entries(subdirs[0]))
+    time.sleep(0.3)
+    assert not any(page_cached(p) for p in unlisted)
+    list(vfs.entries(subdirs[1]))  # a walk
+    deadline = time.monotonic() + 10
+    while not all(page_cached(p) for p in unlisted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(page_cached(p) for p in unlisted)
+    vfs.close()
 
 
 def test_a_tree_ostreefs_committed_is_mounted_without_counting(
