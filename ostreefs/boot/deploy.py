@@ -185,7 +185,7 @@ def stage_deployment(sr: Sysroot, repo: Repo, osname: str, csum: str,
     try:
         checkout(repo, csum, tmp)
         ckpt("checkout")
-        find_kernel(tmp, strict_single=True)
+        find_kernel(tmp, strict_single=True, checksum=False)  # (the swap hashes it)
         usr_etc, etc = tmp / "usr" / "etc", tmp / "etc"
         if etc.is_dir() and not etc.is_symlink():
             if usr_etc.exists():

@@ -82,7 +82,7 @@ def _hash_tree(h: hashlib._Hash, path: Path) -> None:
             _hash_files(h, child)
 
 
-def _modules_layout(root: Path, strict_single: bool) -> KernelLayout | None:
+def _modules_layout(root: Path, strict_single: bool, checksum: bool) -> KernelLayout | None:
     mods = root / MODULES_DIR
     try:
         names = sorted(os.listdir(mods))
@@ -99,25 +99,30 @@ def _modules_layout(root: Path, strict_single: bool) -> KernelLayout | None:
     kver = found[0]
     d = mods / kver
     rel = f"{MODULES_DIR}/{kver}"
-    h = hashlib.sha256()
-    _hash_files(h, d / "vmlinuz")
+    hashed = [(d / "vmlinuz", False)]  # (path, is a directory), in this order
     initramfs = None
     for cand in ("initramfs.img", "initramfs"):
         if _is_reg(d / cand):
             initramfs = cand
-            _hash_files(h, d / cand)
+            hashed.append((d / cand, False))
             break
     devicetree = dtb = None
     if _is_reg(d / "devicetree"):
         devicetree = "devicetree"
-        _hash_files(h, d / devicetree)
+        hashed.append((d / devicetree, False))
     elif (d / "dtb").is_dir() and not (d / "dtb").is_symlink():
         dtb = "dtb"
-        _hash_tree(h, d / dtb)
+        hashed.append((d / dtb, True))
     hmac = ".vmlinuz.hmac" if _is_reg(d / ".vmlinuz.hmac") else None
+    bootcsum = ""
+    if checksum:
+        h = hashlib.sha256()
+        for path, is_dir in hashed:
+            (_hash_tree if is_dir else _hash_files)(h, path)
+        bootcsum = h.hexdigest()
     return KernelLayout(
         kver=kver, kernel=f"{rel}/vmlinuz", kernel_name=f"vmlinuz-{kver}",
-        bootcsum=h.hexdigest(),
+        bootcsum=bootcsum,
         initramfs=f"{rel}/{initramfs}" if initramfs else None,
         initramfs_name=f"initramfs-{kver}.img" if initramfs else None,
         devicetree=f"{rel}/{devicetree}" if devicetree else None,
@@ -160,14 +165,18 @@ def _legacy_layout(root: Path) -> KernelLayout | None:
     return None
 
 
-def find_kernel(root: str | os.PathLike[str], strict_single: bool = False) -> KernelLayout:
+def find_kernel(root: str | os.PathLike[str], strict_single: bool = False, *,
+                checksum: bool = True) -> KernelLayout:
     """The kernel of the tree at ``root``; see the module docstring for the rules.
 
     ``strict_single`` refuses a tree with several kernels in ``/usr/lib/modules``
-    (ostree boots the first one silently; a new deployment should not).
+    (ostree boots the first one silently; a new deployment should not). Without
+    ``checksum`` the files are found but not read (``bootcsum`` is then empty in the
+    ``/usr/lib/modules`` layout): a check that a tree can boot need not hash tens of
+    MiB that the boot swap hashes anyway.
     """
     r = Path(root)
-    modern = _modules_layout(r, strict_single)
+    modern = _modules_layout(r, strict_single, checksum)
     if modern is not None and modern.initramfs is not None:
         return modern
     legacy = _legacy_layout(r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def test_bootcsum_is_sha256_of_kernel_then_initramfs(tmp_path: Path) -> None:
     assert k.bootcsum == hashlib.sha256(b"KERNELBYTESINITRDBYTES").hexdigest()
     assert (k.kernel_name, k.initramfs_name) == ("vmlinuz-6.1.0-test",
                                                  "initramfs-6.1.0-test.img")
+
+
+def test_kernel_found_without_hashing(tmp_path: Path) -> None:
+    """What deploy checks before the swap (which hashes): the same layout, no checksum."""
+    d = _mods(tmp_path, "6.1.0-test", vmlinuz=b"KERNELBYTES", initramfs_img=b"INITRDBYTES")
+    (d / "dtb").mkdir()
+    (d / "dtb/a.dtb").write_bytes(b"1")
+    full = find_kernel(tmp_path)
+    assert full.bootcsum == hashlib.sha256(b"KERNELBYTESINITRDBYTES1").hexdigest()
+    quick = find_kernel(tmp_path, strict_single=True, checksum=False)
+    assert quick.bootcsum == ""
+    assert dataclasses.replace(quick, bootcsum=full.bootcsum) == full
 
 
 def test_devicetree_dir_hashed_sorted(tmp_path: Path) -> None:
