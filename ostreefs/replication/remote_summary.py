@@ -50,7 +50,7 @@ def endpoint_for(rem: Remote, url: str | None = None, *, timeout: float | None =
     if base_url.startswith("mirrorlist="):
         raise StoreError(f"Remote {rem.name}: mirrorlist URLs are not supported")
     return Endpoint(url=base_url, contenturl=None if url else rem.contenturl,
-                    tls=TlsSettings.from_options(rem.options), timeout=timeout,
+                    tls=TlsSettings.from_remote(rem), timeout=timeout,
                     retries=retries, connections=connections, depth=depth,
                     headers=dict(headers or {}),
                     http2=rem.options.get("http2", "true").strip().lower()

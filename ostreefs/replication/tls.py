@@ -16,8 +16,12 @@ import hashlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ostreefs.errors import OstreefsError, UsageError
+
+if TYPE_CHECKING:
+    from ostreefs.store.remotes import Remote
 
 
 class TlsError(OstreefsError):
@@ -36,15 +40,15 @@ class TlsSettings:
     pins: frozenset[bytes] = frozenset()
 
     @classmethod
-    def from_options(cls, options: dict[str, str]) -> TlsSettings:
-        """Read the ``tls-*`` keys of a remote's options."""
-        permissive = options.get("tls-permissive", "false").strip().lower() in (
-            "true", "yes", "1")
-        pin = options.get("tls-pinned-pubkey")
-        return cls(ca_path=options.get("tls-ca-path") or None,
-                   client_cert_path=options.get("tls-client-cert-path") or None,
-                   client_key_path=options.get("tls-client-key-path") or None,
-                   permissive=permissive,
+    def from_remote(cls, rem: Remote) -> TlsSettings:
+        """A remote's ``tls-*`` settings, as :func:`~ostreefs.store.remotes.get_remote`
+        read them (one reading of the config, so ``remote`` commands and pulls agree);
+        only the pin, which only a connection needs, is parsed here."""
+        pin = rem.options.get("tls-pinned-pubkey")
+        return cls(ca_path=rem.tls_ca_path or None,
+                   client_cert_path=rem.tls_client_cert_path or None,
+                   client_key_path=rem.tls_client_key_path or None,
+                   permissive=rem.tls_permissive,
                    pins=parse_pins(pin) if pin else frozenset())
 
     def context(self, alpn: list[str]) -> ssl.SSLContext:
