@@ -36,6 +36,7 @@ from ostreefs.store.objects import (
     Commit,
     DirMeta,
     DirTree,
+    Metadata,
     ObjectType,
     decode_metadata,
 )
@@ -84,7 +85,7 @@ class Walk:
 
     def __init__(self, repo: Repo, transport: Transport, txn: Transaction | None,
                  cfg: WalkConfig,
-                 gpg_check: Callable[[str, bytes, bytes | None], None] | None) -> None:
+                 gpg_check: Callable[[str, bytes, Metadata | None], None] | None) -> None:
         self.repo = repo
         self.t = transport
         self.pool = transport.objects
@@ -317,9 +318,10 @@ class Walk:
             parsed = Commit.from_bytes(data)
         except MalformedData as e:
             raise CorruptObject(commit, "commit", e.args[1]) from None
+        detached = None
         if meta is not None:
             try:
-                decode_metadata(meta, "detached metadata")
+                detached = decode_metadata(meta, "detached metadata")
             except MalformedData as e:
                 raise CorruptObject(commit, "commitmeta", e.args[1]) from None
         if self.cfg.verify_bindings:
@@ -328,7 +330,7 @@ class Walk:
             _verify_bindings(commit, parsed, cf.ref, self.cfg.collection_id)
         if self.gpg_check is not None:
             check = self.gpg_check
-            await trio.to_thread.run_sync(check, commit, data, meta)
+            await trio.to_thread.run_sync(check, commit, data, detached)
         partial = os.path.exists(self._partial_path(commit))
         walk_tree = not self.cfg.commit_metadata_only and (
             not cf.local or partial or self.cfg.repair)

@@ -34,7 +34,7 @@ from ostreefs.replication.remote_summary import (
 from ostreefs.replication.resume import adopt, claim_stale_staging, release
 from ostreefs.replication.transport import Transport, run_unwrapped
 from ostreefs.store import treecount
-from ostreefs.store.objects import ObjectType, decode_metadata, is_checksum
+from ostreefs.store.objects import Metadata, ObjectType, is_checksum
 from ostreefs.store.refs import RefSpec, resolve_ref, set_ref, validate_ref_name
 from ostreefs.store.remotes import Remote, get_remote
 from ostreefs.store.repo import Repo
@@ -330,8 +330,7 @@ class _Pull:
                     continue
             except FileNotFoundError:
                 pass
-            decode_metadata(data, "detached metadata")
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(exist_ok=True)  # (decoded when it was fetched)
             _fs.atomic_write(path, data, fsync=fsync)
         for name, commit in tips:
             if is_checksum(name):
@@ -359,13 +358,14 @@ def _record(repo: Repo, written: list[tuple[str, ObjectType, int]]) -> None:
         pass  # the objects are the truth; the index catches up on its next sync
 
 
-def _gpg_checker(repo: Repo, remote: str) -> Callable[[str, bytes, bytes | None], None]:
-    """Refuse a commit that is unsigned or not signed by a key trusted for ``remote``."""
+def _gpg_checker(repo: Repo, remote: str
+                 ) -> Callable[[str, bytes, Metadata | None], None]:
+    """Refuse a commit that is unsigned or not signed by a key trusted for ``remote``
+    (``detached``: its detached metadata, as the walk decoded it)."""
     from ostreefs.store import gpg
 
-    def check(commit: str, data: bytes, detached: bytes | None) -> None:
-        meta = decode_metadata(detached, "detached metadata") if detached else None
-        sigs = gpg.commit_signatures(meta)
+    def check(commit: str, data: bytes, detached: Metadata | None) -> None:
+        sigs = gpg.commit_signatures(detached)
         result = gpg.verify_data(repo, remote, data, sigs) if sigs else gpg.GpgVerifyResult()
         try:
             gpg.require_valid(result, "commit")
