@@ -94,8 +94,17 @@ def cleanup_locked(sr: Sysroot, checkpoint: Checkpoint | None = None,
         set_ref(repo, RefSpec(k), None, reason="admin: deployment gone")
         ckpt(f"unref-{k}")
     if prune_repo:
-        res.prune = prune(repo, refs_only=True, depth=0)
-        ckpt("prune")
+        res.prune = prune_repo_locked(sr, ckpt)
+    return res
+
+
+def prune_repo_locked(sr: Sysroot, checkpoint: Checkpoint | None = None) -> PruneResult:
+    """The repository half of a cleanup: delete the objects only commits that are no
+    longer deployed (nor otherwise referenced) reached. For a command whose swap has
+    just tidied the files (``write_deployments`` ends with a cleanup) and synced the
+    deployment refs: the rest of a cleanup would only find nothing to do."""
+    res = prune(sr.repo(), refs_only=True, depth=0)
+    (checkpoint or no_checkpoint)("prune")
     return res
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from ostreefs import _fs
 from ostreefs.boot import etcmerge, fsattr
 from ostreefs.boot.checkout import CheckoutError, checkout
-from ostreefs.boot.cleanup import cleanup_locked
+from ostreefs.boot.cleanup import prune_repo_locked
 from ostreefs.boot.kargs import KernelArgs
 from ostreefs.boot.kernel import find_kernel
 from ostreefs.boot.swap import SwapResult, write_deployments
@@ -270,5 +270,5 @@ def deploy_locked(sr: Sysroot, osname: str, revision: str, opts: DeployOptions,
     messages.append(swap.message())
     res = DeployResult(deployment=new, swap=swap, messages=messages, notes=notes)
     if not opts.no_prune:
-        res.prune = cleanup_locked(Sysroot.load(sr.path), ckpt).prune
+        res.prune = prune_repo_locked(sr, ckpt)
     return res

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ostreefs import _fs
-from ostreefs.boot.cleanup import cleanup_locked
+from ostreefs.boot.cleanup import prune_repo_locked
 from ostreefs.boot.deploy import DeployOptions, DeployResult, deploy_locked
 from ostreefs.boot.kargs import KernelArgs
 from ostreefs.boot.swap import SwapResult, commit_version, write_deployments
@@ -49,8 +49,7 @@ def _rewrite(sr: Sysroot, new: list[Deployment], ckpt: Checkpoint,
     swap = write_deployments(sr, new, ckpt)
     freed = 0
     if prune_repo:
-        res = cleanup_locked(Sysroot.load(sr.path), ckpt)
-        freed = res.prune.bytes_freed if res.prune is not None else 0
+        freed = prune_repo_locked(sr, ckpt).bytes_freed
     return swap, freed
 
 
