@@ -426,7 +426,9 @@ class CommitVFS:
                 self._counts, trees = walk
                 self._counts_ready.set()
                 with self._recorder_lock:
-                    if self._listed < READAHEAD_AFTER and not self._closed:
+                    if self._closed:
+                        return
+                    if self._listed < READAHEAD_AFTER:
                         self._ahead = trees  # for the listing that shows a walk
                         return
                 self._read_ahead(trees)
@@ -437,6 +439,8 @@ class CommitVFS:
         """A walk has begun: read ahead the dirtrees it will want, if they wait for it."""
         with self._recorder_lock:
             trees, self._ahead = self._ahead, None
+            if self._closed:
+                return
         if trees:
             threading.Thread(target=self._read_ahead, args=(trees,), daemon=True,
                              name="ostreefs-readahead").start()
@@ -907,6 +911,7 @@ class CommitVFS:
         """Close every open object file and record what is pending (at unmount)."""
         with self._recorder_lock:
             self._closed = True
+            self._ahead = None
             if self._recorder is not None:
                 from ostreefs.mount import recorder
 

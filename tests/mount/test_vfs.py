@@ -428,6 +428,7 @@ def test_dirtrees_are_read_ahead_once_a_walk_shows(mode_repo: Callable[[str], Pa
     for ino in [ROOT_INO, *subdirs[:2]]:
         tree = vfs._nodes[ino].checksum
         listed |= {tree, *(c for _n, c, _m in vfs.repo.load_dirtree(tree).dirs)}
+    vfs.close()
     unlisted = [p for t, p in zip(walk[1], paths, strict=True) if t.hex() not in listed]
     assert len(unlisted) > 10
 
@@ -454,6 +455,17 @@ def test_dirtrees_are_read_ahead_once_a_walk_shows(mode_repo: Callable[[str], Pa
         time.sleep(0.05)
     assert all(page_cached(p) for p in unlisted)
     vfs.close()
+
+    # A mount closed (unmounted) before its start thread took the record reads none.
+    drop()
+    vfs = open_vfs(repo)
+    vfs.close()
+    vfs.start()
+    assert vfs._starter is not None
+    vfs._starter.join()
+    time.sleep(0.3)
+    assert not any(page_cached(p) for p in unlisted)
+    assert vfs._ahead is None
 
 
 def test_a_tree_ostreefs_committed_is_mounted_without_counting(
