@@ -310,7 +310,8 @@ class _Pull:
         except (OstreefsError, OSError):
             txn.abort()
             return
-        _record(self.repo, written)
+        _record(self.repo, written,
+                repaired=self.walk is not None and bool(self.walk.stats.repaired))
 
     def _finish(self, tips: list[tuple[str, str]], state: RemoteState, walk: Walk) -> None:
         repo, opts = self.repo, self.opts
@@ -346,16 +347,23 @@ class _Pull:
                 _fs.atomic_write(repo.path / "summary.sig", state.summary_sig, fsync=fsync)
             else:
                 (repo.path / "summary.sig").unlink(missing_ok=True)
-        _record(repo, written)
-        if not opts.commit_metadata_only:
-            treecount.record_commits(repo, [commit for _name, commit in tips])
+        _record(repo, written, repaired=bool(walk.stats.repaired))
+        # The counts of the trees it walked, while their dirtrees are warm; not those of
+        # commits it found complete (a pull that fetches nothing costs no pass).
+        treecount.record_commits(repo, [c for _name, c in tips if c in walk.completing])
 
 
-def _record(repo: Repo, written: list[tuple[str, ObjectType, int]]) -> None:
+def _record(repo: Repo, written: list[tuple[str, ObjectType, int]], *,
+            repaired: bool = False) -> None:
+    """Catalog what a pull wrote. After a repair, records made from the objects it
+    replaced (file headers, link counts) may be wrong: they are dropped, as fsck does."""
     try:
-        repo.index.record_objects(written)
-    except (OstreefsError, OSError):
-        pass  # the objects are the truth; the index catches up on its next sync
+        idx = repo.index
+        if repaired:
+            idx.forget_mount_records()
+        idx.record_objects(written)
+    except Exception:  # noqa: BLE001 - the objects are the truth (an LMDB error too):
+        pass  # the index catches up on its next sync
 
 
 def _gpg_checker(repo: Repo, remote: str

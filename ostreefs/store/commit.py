@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ostreefs import _fs
-from ostreefs.errors import OstreefsError, StoreError, UsageError
+from ostreefs.errors import StoreError, UsageError
 from ostreefs.store import treecount
 from ostreefs.store.config import RepoMode
 from ostreefs.store.gvariant import Variant
@@ -499,37 +499,42 @@ def _update_index(repo: Repo, written: list[tuple[str, ObjectType, int]],
         idx.record_inodes(inodes)
         if cache_puts:
             idx.stat_store_many(cache_puts)
-    except (StoreError, OSError):
+    except Exception:  # noqa: BLE001 - derived data (an LMDB error too): caught up later
         pass
 
 
 def _record_counts(repo: Repo, root: MTree) -> None:
     """Record the hardlink counts of the tree just written (see store.treecount), so
     that a first mount of it need not count. From memory when every directory was
-    built here (a commit of a directory); a tree that borrows subtrees from another
-    commit is counted from its dirtrees. Best effort: the index is derived data."""
+    built here (a commit of a directory), as the dirtrees written from it say; a tree
+    that borrows subtrees from another commit is counted from its dirtrees. Best
+    effort: the index is derived data. (A dirtree that was already in the repository
+    is taken to be what its checksum names, as everywhere: a damaged one is fsck's.)"""
     if root.written is None:
         return
     seen: dict[int, int] = {}
-    walked: list[bytes] = []
+    listed: dict[bytes, None] = {}  # distinct dirtrees, breadth first, as count_tree
     level = [root]
+    depth = 0
     while level:
+        if depth > treecount.MAX_DEPTH:
+            return  # as count_tree: too deep to be a tree a mount will count
         nxt: list[MTree] = []
         for node in level:
             if node.base is not None or node.written is None:
                 treecount.record_counts_quietly(repo, root.written)
                 return
-            if len(walked) < treecount.READAHEAD_TREES:
-                walked.append(bytes.fromhex(node.written))
+            if len(listed) < treecount.READAHEAD_TREES:
+                listed.setdefault(bytes.fromhex(node.written))
             for v in node.files.values():
                 k = int((v if isinstance(v, str) else v.result())[:16], 16)
                 seen[k] = seen.get(k, 0) + 1
             nxt.extend(node.dirs[n] for n in sorted(node.dirs))  # a dirtree's order
         level = nxt
+        depth += 1
     try:
-        repo.index.store_tree_walk(root.written, {k: n for k, n in seen.items() if n > 1},
-                                   walked)
-    except (OstreefsError, OSError):
+        repo.index.store_tree_walk(root.written, treecount.kept_counts(seen), list(listed))
+    except Exception:  # noqa: BLE001 - derived data (an LMDB error too): no record
         pass
 
 

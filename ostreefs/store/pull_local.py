@@ -185,10 +185,12 @@ def pull_local(dest: Repo, src: Repo, refs: list[str] | None, *, depth: int = 0,
     result.bytes_transferred = puller.bytes_refetched
     try:
         dest.index.record_objects(result.written)
-    except (StoreError, OSError):
-        pass  # the objects are the truth; the index catches up on its next sync
-    if not commit_metadata_only:
-        treecount.record_commits(dest, requested.values())
+    except Exception:  # noqa: BLE001 - the objects are the truth (an LMDB error too):
+        pass  # the index catches up on its next sync
+    # The counts of the trees it pulled, while their dirtrees are warm; not those of
+    # commits it found complete (a pull that fetches nothing costs no pass).
+    treecount.record_commits(dest, [c for c in (*requested.values(), *commits_only)
+                                    if c in puller.walked])
     return result
 
 
@@ -233,6 +235,8 @@ class _Puller:
         self.parent_depth: dict[str, int] = {}
         #: (commit, detached metadata bytes) to write over the destination's copy.
         self.detached_refresh: list[tuple[str, bytes]] = []
+        #: Commits whose trees this pull walks (new, or left partial by an earlier one).
+        self.walked: set[str] = set()
         self.n_metadata = 0
         self.n_content = 0
         self.bytes_written = 0
@@ -324,6 +328,7 @@ class _Puller:
             self.parent_depth[commit.parent] = depth - 1 if depth > 0 else -1
             self.queue(commit.parent, ObjectType.COMMIT, None)
         if self._partial_path(checksum).exists() and not self.commit_only:
+            self.walked.add(checksum)
             self.queue(commit.root_tree, ObjectType.DIR_TREE, None)
             self.queue(commit.root_meta, ObjectType.DIR_META, None)
 

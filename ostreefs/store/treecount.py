@@ -31,8 +31,14 @@ if TYPE_CHECKING:
 IO_THREADS = 4
 #: Dirtrees per thread task (a task per dirtree would cost more than the read).
 IO_BATCH = 64
-#: Dirtrees of a tree (breadth first) recorded for a later mount to read ahead.
+#: Dirtrees of a tree (distinct, breadth first) recorded for a later mount to read ahead.
 READAHEAD_TREES = 8192
+#: How deep dirtrees may nest: ostree's limit on the depth of metadata. Only a damaged
+#: tree goes deeper (a dirtree that names itself as a subdirectory would never end).
+MAX_DEPTH = 256
+#: The highest count kept: ``st_nlink`` is 32 bits, and a mount adds the repository's
+#: own link.
+MAX_COUNT = 0xFFFF_FFFE
 
 #: Told about each dirtree the pass cannot read or parse (checksum, error).
 OnError = Callable[[str, StoreError], None]
@@ -47,20 +53,31 @@ class TreeCount:
         #: Occurrences of each content object that occurs more than once, by the
         #: big-endian integer of the first 8 bytes of its checksum.
         self.counts = counts
-        #: The tree's first READAHEAD_TREES dirtrees, breadth first (raw checksums).
+        #: The tree's first READAHEAD_TREES distinct dirtrees, breadth first (raw
+        #: checksums).
         self.trees = trees
-        #: Dirtrees that could not be read or parsed: the counts are then incomplete.
+        #: Dirtrees that could not be read or parsed (or nested too deep): the counts
+        #: are then incomplete.
         self.errors = errors
 
 
+def kept_counts(seen: dict[int, int]) -> dict[int, int]:
+    """The counts a record keeps: those above one, at most MAX_COUNT."""
+    return {k: min(n, MAX_COUNT) for k, n in seen.items() if n > 1}
+
+
 def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCount:
-    """Count the content objects of ``tree`` (a dirtree checksum), level by level; the
-    dirtrees of a level are read by a few threads at once. A subtree that occurs twice
-    is counted twice, as a checkout has it twice."""
+    """Count the content objects of ``tree`` (a dirtree checksum), level by level.
+
+    A subtree that occurs twice is counted twice, as a checkout has it twice; but a
+    level holds each distinct dirtree once, with how often it occurs, so a tree that
+    repeats a subtree at every level costs its distinct dirtrees, not its 2^depth
+    occurrences. The dirtrees of a level are read by a few threads at once.
+    """
     seen: dict[int, int] = {}
     errors = 0
-    level = [tree]
-    walked = [bytes.fromhex(tree)]
+    level: dict[str, int] = {tree: 1}
+    listed: dict[bytes, None] = {bytes.fromhex(tree): None}
 
     def read(batch: list[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -75,14 +92,22 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
 
     pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="ostreefs-count")
     try:
+        depth = 0
         while level:
-            unique = list(dict.fromkeys(level))
+            if depth > MAX_DEPTH:
+                errors += 1
+                if on_error is not None:
+                    t = next(iter(level))
+                    on_error(t, CorruptObject(t, "dirtree",
+                                              f"nested more than {MAX_DEPTH} levels deep"))
+                break
+            unique = list(level)
             batches = [unique[i:i + IO_BATCH] for i in range(0, len(unique), IO_BATCH)]
             data: dict[str, bytes | None] = {}
             for batch, got in zip(batches, pool.map(read, batches), strict=True):
                 data.update(zip(batch, got, strict=True))
-            nxt: list[str] = []
-            for t in level:
+            nxt: dict[str, int] = {}
+            for t, times in level.items():
                 raw = data[t]
                 if raw is None:
                     errors += 1
@@ -96,15 +121,17 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
                     continue
                 for c in files:
                     k = int.from_bytes(c[:8], "big")
-                    seen[k] = seen.get(k, 0) + 1
-                nxt.extend(c.hex() for c in dirs)
-                if len(walked) < READAHEAD_TREES:
-                    walked.extend(dirs)
+                    seen[k] = seen.get(k, 0) + times
+                for c in dirs:
+                    h = c.hex()
+                    nxt[h] = nxt.get(h, 0) + times
+                    if len(listed) < READAHEAD_TREES:
+                        listed.setdefault(c)
             level = nxt
+            depth += 1
     finally:
         pool.shutdown(wait=False)
-    return TreeCount({k: v for k, v in seen.items() if v > 1}, walked[:READAHEAD_TREES],
-                     errors)
+    return TreeCount(kept_counts(seen), list(listed), errors)
 
 
 def record_counts(repo: Repo, tree: str) -> bool:
@@ -139,5 +166,5 @@ def record_counts_quietly(repo: Repo, tree: str | None) -> None:
         return
     try:
         record_counts(repo, tree)
-    except (OstreefsError, OSError):
+    except Exception:  # noqa: BLE001 - derived data (an LMDB error too): no record
         pass

@@ -30,6 +30,8 @@ from support import TS, Tool, init_repo, repo_snapshot
 from treegen import make_big_tree, mutate_tree
 
 from ostreefs.store.objects import Commit, DirTree
+from ostreefs.store.repo import Repo
+from ostreefs.store.treerecord import record_tree
 
 NginxFactory = Callable[..., Nginx]
 
@@ -331,6 +333,12 @@ def test_repair_refetches_corrupt_objects(tmp_path: Path, ostree: Tool, ostreefs
                next(p for p in fetched if p.endswith(".dirmeta"))]
     for v in victims:
         flip_byte(_client_object(client, v))
+    # Mount records made from the damaged objects (what a recorder process writes).
+    r = Repo.open(client)
+    root = r.load_commit(commit).root_tree
+    assert not record_tree(r, root)  # (damaged: not whole, but walked and marked)
+    assert r.index.tree_recorded(root)
+    r.close()
     server.clear_log()
     # A plain pull trusts a complete commit; --repair re-verifies and refetches.
     assert pull(ostreefs, client, "origin", "main").returncode == 0
@@ -340,6 +348,11 @@ def test_repair_refetches_corrupt_objects(tmp_path: Path, ostree: Tool, ostreefs
     assert sorted(_fetched(server)) == sorted(victims)
     assert proc.stdout.count("Repaired ") == 2
     assert_fsck_ok(ostree, ostreefs, client)
+    # The repair dropped those records, as fsck does; the counts were made anew.
+    r = Repo.open(client)
+    assert not r.index.tree_recorded(root) and r.index.dir_headers(root) is None
+    r.close()
+    assert_counts_recorded(ostree, client, commit)
 
 
 def test_library_progress_and_result(tmp_path: Path, ostreefs: Tool,
