@@ -479,14 +479,17 @@ def commit(repo: Repo, sources: Iterable[TreeSource], opts: CommitOptions,
         if branch is not None:
             set_ref(repo, branch, checksum, fsync=opts.fsync, reason="commit")
         _update_index(repo, written, writer.cache_puts, txn.inodes)
-        _record_counts(repo, root)
         if opts.consume:
             for p in writer.consumed:
                 try:
                     os.unlink(p)
                 except OSError:
                     pass
-        return CommitResult(checksum, txn.stats, False, root_tree, root_meta, written)
+        result = CommitResult(checksum, txn.stats, False, root_tree, root_meta, written)
+    # Outside the lock: a count from dirtrees (a tree borrowing another commit's) may
+    # take a while, and a prune waiting for the lock need not wait for it.
+    _record_counts(repo, root)
+    return result
 
 
 def _update_index(repo: Repo, written: list[tuple[str, ObjectType, int]],
