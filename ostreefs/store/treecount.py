@@ -10,8 +10,8 @@ while the dirtrees they have just written or read are still in the page cache, s
 even a first mount of a tree ostreefs wrote or pulled finds its counts ready.
 
 The record holds the counts above one, keyed by the first 8 bytes of the object's
-checksum, and the tree's first :data:`READAHEAD_TREES` dirtrees, breadth first, which a
-mount asks the disk for ahead of a walk.
+checksum, and the tree's first :data:`READAHEAD_TREES` distinct dirtrees, breadth first,
+which a mount asks the disk for ahead of a walk.
 """
 
 from __future__ import annotations
