@@ -513,7 +513,8 @@ def _record_counts(repo: Repo, root: MTree) -> None:
     that borrows subtrees from another commit is counted from its dirtrees. Best
     effort: the index is derived data. (A dirtree that was already in the repository
     is taken to be what its checksum names, as everywhere: a damaged one is fsck's.)"""
-    if root.written is None:
+    tree = root.written
+    if tree is None:
         return
     seen: dict[int, int] = {}
     listed: dict[bytes, None] = {}  # distinct dirtrees, breadth first, as count_tree
@@ -525,7 +526,7 @@ def _record_counts(repo: Repo, root: MTree) -> None:
         nxt: list[MTree] = []
         for node in level:
             if node.base is not None or node.written is None:
-                treecount.record_counts_quietly(repo, root.written)
+                treecount.record_counts_quietly(repo, tree)
                 return
             if len(listed) < treecount.READAHEAD_TREES:
                 listed.setdefault(bytes.fromhex(node.written))
@@ -536,7 +537,7 @@ def _record_counts(repo: Repo, root: MTree) -> None:
         level = nxt
         depth += 1
     try:
-        repo.index.store_tree_walk(root.written, treecount.kept_counts(seen), list(listed))
+        repo.index.store_tree_walk(tree, treecount.kept_counts(seen), list(listed))
     except Exception:  # noqa: BLE001 - derived data (an LMDB error too): no record
         pass
 

@@ -101,8 +101,8 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
                     on_error(t, CorruptObject(t, "dirtree",
                                               f"nested more than {MAX_DEPTH} levels deep"))
                 break
-            unique = list(level)
-            batches = [unique[i:i + IO_BATCH] for i in range(0, len(unique), IO_BATCH)]
+            trees = list(level)  # (each once: a level maps a dirtree to its count)
+            batches = [trees[i:i + IO_BATCH] for i in range(0, len(trees), IO_BATCH)]
             data: dict[str, bytes | None] = {}
             for batch, got in zip(batches, pool.map(read, batches), strict=True):
                 data.update(zip(batch, got, strict=True))
@@ -159,11 +159,9 @@ def record_commits(repo: Repo, commits: Iterable[str]) -> None:
         record_counts_quietly(repo, tree)
 
 
-def record_counts_quietly(repo: Repo, tree: str | None) -> None:
+def record_counts_quietly(repo: Repo, tree: str) -> None:
     """:func:`record_counts`, best effort: the index is derived data, and a mount
     counts again without it."""
-    if tree is None:
-        return
     try:
         record_counts(repo, tree)
     except Exception:  # noqa: BLE001 - derived data (an LMDB error too): no record
