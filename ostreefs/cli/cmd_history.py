@@ -9,6 +9,7 @@ from typing import Any
 from ostreefs.cli.main import Handler, open_repo
 from ostreefs.cli.util import format_date
 from ostreefs.errors import StoreError
+from ostreefs.store.gvariant import Variant
 from ostreefs.store.gvtext import format_value
 from ostreefs.store.history import LogEntry, iter_log
 from ostreefs.store.objects import Commit
@@ -79,10 +80,10 @@ def _as_json(e: LogEntry) -> dict[str, Any]:
 def _plain(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.hex()
+    if isinstance(v, Variant):  # (a tuple too: ask first)
+        return _plain(v.value)
     if isinstance(v, list | tuple):
         return [_plain(x) for x in v]
-    if hasattr(v, "signature"):
-        return _plain(v.value)
     return v
 
 

@@ -20,7 +20,6 @@ import argparse
 import gc
 import logging
 import os
-from dataclasses import dataclass
 
 from ostreefs.cli.main import Handler, open_repo, skip_teardown
 from ostreefs.errors import UsageError
@@ -51,12 +50,16 @@ def split_rev(text: str) -> tuple[str, str]:
     return text[:i], text[i + 1:]
 
 
-@dataclass
 class Options:
-    allow_other: bool = False
-    uid: int | None = None
-    gid: int | None = None
-    log: str | None = None
+    """The ``-o`` values, parsed."""
+
+    __slots__ = ("allow_other", "uid", "gid", "log")
+
+    def __init__(self) -> None:
+        self.allow_other = False
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.log: str | None = None
 
 
 def parse_options(values: list[str]) -> Options:

@@ -27,8 +27,7 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pyfuse3
 
@@ -90,8 +89,7 @@ _ERRNO: tuple[tuple[type[OstreefsError], int], ...] = (
 )
 
 
-@dataclass
-class MountOptions:
+class MountOptions(NamedTuple):
     """How to mount (the ``-o`` options and ``-f``)."""
 
     foreground: bool = False

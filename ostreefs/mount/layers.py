@@ -45,7 +45,7 @@ of the same refs in order gives the same tree.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ostreefs.store.objects import DirTree
 
@@ -57,8 +57,7 @@ Layer = tuple[str, str]
 Loader = Callable[[str], DirTree]
 
 
-@dataclass(frozen=True, slots=True)
-class Merged:
+class Merged(NamedTuple):
     """One directory of the union: files (name, content checksum) and subdirectories
     (name, stack), each sorted by name bytes."""
 

@@ -7,7 +7,6 @@ other byte (comments, order, blank lines) as ostree or a human wrote them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from enum import Enum
 
 from ostreefs.errors import MalformedData, StoreError
@@ -45,10 +44,12 @@ class RepoMode(Enum):
 _GROUP_RE = re.compile(r"^\[([^\[\]]+)\]\s*$")
 
 
-@dataclass
 class _Group:
-    name: str
-    lines: list[str] = field(default_factory=list)
+    __slots__ = ("name", "lines")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
 
 
 class KeyFile:

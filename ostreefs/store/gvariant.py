@@ -18,9 +18,8 @@ framing offsets are always little-endian, as GVariant defines them.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from ostreefs.errors import MalformedData
 
@@ -34,16 +33,14 @@ _FIXED_BASIC = {"y": 1, "b": 1, "n": 2, "q": 2, "i": 4, "u": 4, "h": 4, "x": 8, 
 _STRINGISH = {"s", "o", "g"}
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
+class Variant(NamedTuple):
     """A boxed value with its own type string (GVariant ``v``)."""
 
     signature: str
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
-class GVariantType:
+class GVariantType(NamedTuple):
     """A parsed type: kind, children, alignment and fixed size (None if variable)."""
 
     signature: str

@@ -12,9 +12,8 @@ import re
 import stat
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from ostreefs.errors import MalformedData
 from ostreefs.store import gvariant
@@ -123,8 +122,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class DirMeta:
+class DirMeta(NamedTuple):
     """Owner, mode and xattrs of a directory (``.dirmeta``)."""
 
     uid: int
@@ -153,8 +151,7 @@ class DirMeta:
         return sha256_hex(self.to_bytes())
 
 
-@dataclass(frozen=True, slots=True)
-class DirTree:
+class DirTree(NamedTuple):
     """A directory listing (``.dirtree``): files name→content, dirs name→(tree, meta).
 
     Checksums are kept in hex; entries are sorted by name bytes as ostree sorts them.
@@ -383,8 +380,7 @@ def dirtree_checksums(data: bytes) -> tuple[list[bytes], list[bytes]]:
             [bytes.fromhex(c) for _n, c, _m in t.dirs])
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(NamedTuple):
     """A commit (``.commit``): metadata, parent, subject, body, time and root."""
 
     root_tree: str
@@ -453,8 +449,7 @@ def decode_metadata(data: bytes, what: str = "metadata") -> Metadata:
     return tuple(_decode(what, METADATA_SIG, data))
 
 
-@dataclass(frozen=True, slots=True)
-class FileHeader:
+class FileHeader(NamedTuple):
     """The metadata of a content object: what is hashed before the payload."""
 
     uid: int
@@ -550,16 +545,14 @@ class FileHeader:
         return cls(uid, gid, mode, target, _xattrs_from_gv(xattrs), rdev), 8 + length
 
 
-@dataclass(frozen=True, slots=True)
-class SummaryRef:
+class SummaryRef(NamedTuple):
     name: str
     commit: str
     size: int
     metadata: Metadata = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Summary:
+class Summary(NamedTuple):
     """The repo summary: refs with commit sizes, plus repo-wide metadata.
 
     ostree writes each ref's commit size in host byte order (little-endian here) while
@@ -567,7 +560,7 @@ class Summary:
     """
 
     refs: tuple[SummaryRef, ...] = ()
-    metadata: Metadata = field(default=())
+    metadata: Metadata = ()
 
     def to_bytes(self) -> bytes:
         refs = sorted(self.refs, key=lambda r: r.name.encode())

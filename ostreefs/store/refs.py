@@ -13,8 +13,8 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ostreefs import _fs
 from ostreefs.errors import InvalidRef, MalformedData, RefNotFound, StoreError
@@ -25,8 +25,7 @@ _COMPONENT = re.compile(r"^[\w\d][-._\w\d]*$", re.ASCII)
 REFLOG_DIR = "ostreefs-logs"
 
 
-@dataclass(frozen=True, slots=True)
-class RefSpec:
+class RefSpec(NamedTuple):
     """A ref name with an optional remote (``REMOTE:NAME``)."""
 
     name: str
@@ -179,8 +178,7 @@ def append_reflog(repo: Repo, spec: RefSpec, old: str | None, new: str | None,
         return  # the reflog is a convenience; a read-only log dir must not fail a commit
 
 
-@dataclass(frozen=True, slots=True)
-class ReflogEntry:
+class ReflogEntry(NamedTuple):
     time_ns: int
     old: str | None
     new: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ostreefs.errors import StoreError
 from ostreefs.store.objects import FileHeader, Xattrs
@@ -24,8 +24,7 @@ class NotADirectory(StoreError):
     """Not a directory: {0}"""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One file, symlink or directory of a commit, with what ``ls`` shows of it."""
 
     path: str
