@@ -59,7 +59,9 @@ def validate_ref_name(name: str, display: str | None = None) -> str:
 
 def _read_ref_file(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="ascii").strip()
+        # Bytes, decoded here: a text-mode open looks up (and, cold, loads) the
+        # ascii codec module; bytes.decode has it built in.
+        text = path.read_bytes().decode("ascii").strip()
     except FileNotFoundError:
         return None
     except IsADirectoryError:
