@@ -455,18 +455,20 @@ def _detach_stdio(log_path: str | None) -> None:
 
 def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -> None:
     ops = _Ops(vfs)
-    try:
-        pyfuse3.init(ops, mp, fuse_opts)
-    except RuntimeError as e:
-        raise MountError(f"Cannot mount at {mp}: {e}") from None
-    log.info("mounted commit %s at %s", vfs.commit, mp)
     state = {"signalled": False, "serving": False}
-    served = False
-    try:
-        with ExitStack() as stack:
-            wakeup = -1
-            if MAIN_SYNC and threading.current_thread() is threading.main_thread():
-                wakeup = stack.enter_context(_stop_on_signals(state))
+    with ExitStack() as stack:
+        # The handlers go in before the mount appears: a SIGTERM sent as soon as it
+        # shows must unmount it, not kill the process and leave it dead.
+        wakeup = -1
+        if MAIN_SYNC and threading.current_thread() is threading.main_thread():
+            wakeup = stack.enter_context(_stop_on_signals(state))
+        try:
+            pyfuse3.init(ops, mp, fuse_opts)
+        except RuntimeError as e:
+            raise MountError(f"Cannot mount at {mp}: {e}") from None
+        log.info("mounted commit %s at %s", vfs.commit, mp)
+        served = False
+        try:
             if ready_fd is not None:
                 os.write(ready_fd, b"ok")
                 _retire(ready_fd)
@@ -486,12 +488,12 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
 
                 trio.run(_main, state)
             served = True
-    finally:
-        # After a signal or a failure we unmount (a failed daemon must not leave a
-        # dead mount behind); after an external unmount there is nothing to undo.
-        pyfuse3.close(unmount=state["signalled"] or not served)
-        vfs.close()
-        log.info("unmounted %s", mp)
+        finally:
+            # After a signal or a failure we unmount (a failed daemon must not leave
+            # a dead mount behind); after an external unmount there is nothing to undo.
+            pyfuse3.close(unmount=state["signalled"] or not served)
+            vfs.close()
+            log.info("unmounted %s", mp)
 
 
 def _retire(fd: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import MODES, repo_copy
 from mount_helpers import (
+    CLI,
     FIND_FMT,
     NEEDS_FUSE,
     cli,
@@ -23,7 +24,7 @@ from mount_helpers import (
     hardlink_groups,
     mounted,
 )
-from support import UTF8, Tool
+from support import UTF8, Tool, tool_env
 from treegen import diff_snapshots, snapshot
 
 from ostreefs.mount.fuse import is_ostreefs_mount
@@ -109,6 +110,36 @@ def test_corrupt_object_gives_eio_and_mount_stays(mode_repo: Callable[[str], Pat
         assert len(list(mp.iterdir())) > 1
     log = (tmp_path / "mnt.log").read_text()
     assert victim.checksum in log and "Traceback" not in log
+
+
+def test_sigterm_the_moment_the_mount_shows_unmounts_it(
+        mode_repo: Callable[[str], Path], tmp_path: Path) -> None:
+    """A service manager may stop a mount as soon as it appears. The signal handlers
+    were installed after the mount went in, so a SIGTERM in that window killed the
+    process and left a dead mount behind (the suite caught it once)."""
+    repo = mode_repo("bare-user")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    target = f" {mp} "
+    for _ in range(5):
+        proc = subprocess.Popen([*CLI, "mount", f"--repo={repo}", "m", str(mp), "-f"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=tool_env(UTF8))
+        try:
+            # No sleep between looks: signal within microseconds of mount(2).
+            while proc.poll() is None:
+                with open("/proc/self/mountinfo", encoding="utf-8") as f:
+                    if target in f.read():
+                        break
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=10)
+            assert proc.returncode == 0, err
+            assert not is_ostreefs_mount(str(mp))
+        finally:
+            force_unmount(mp)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_daemon_umount_signal_and_stale(mode_repo: Callable[[str], Path],
