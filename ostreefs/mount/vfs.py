@@ -437,10 +437,8 @@ class CommitVFS:
 
     def _walk_shows(self) -> None:
         """A walk has begun: read ahead the dirtrees it will want, if they wait for it."""
-        with self._recorder_lock:
+        with self._recorder_lock:  # (close() drops them: a closed view reads nothing)
             trees, self._ahead = self._ahead, None
-            if self._closed:
-                return
         if trees:
             threading.Thread(target=self._read_ahead, args=(trees,), daemon=True,
                              name="ostreefs-readahead").start()

@@ -61,7 +61,7 @@ def _read_ref_file(path: Path) -> str | None:
     try:
         # Bytes, decoded here: a text-mode open looks up (and, cold, loads) the
         # ascii codec module; bytes.decode has it built in.
-        text = path.read_bytes().decode("ascii").strip()
+        text = _fs.read_file(path).decode("ascii").strip()
     except FileNotFoundError:
         return None
     except IsADirectoryError:
