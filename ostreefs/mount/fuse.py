@@ -460,8 +460,8 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
         # The handlers go in before the mount appears: a SIGTERM sent as soon as it
         # shows must unmount it, not kill the process and leave it dead.
         wakeup = -1
-        if MAIN_SYNC and threading.current_thread() is threading.main_thread():
-            wakeup = stack.enter_context(_stop_on_signals(state))
+        if threading.current_thread() is threading.main_thread():
+            wakeup = stack.enter_context(_stop_on_signals(state, wakeup=MAIN_SYNC))
         try:
             pyfuse3.init(ops, mp, fuse_opts)
         except RuntimeError as e:
@@ -470,6 +470,8 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
         served = False
         try:
             if ready_fd is not None:
+                if state["signalled"]:  # the parent must not report a mount going away
+                    raise MountError(f"Cannot mount at {mp}: interrupted by a signal")
                 os.write(ready_fd, b"ok")
                 _retire(ready_fd)
             # Threads only now: a daemon forks before it mounts. Requests that come
@@ -492,6 +494,9 @@ def _serve(vfs: CommitVFS, mp: str, fuse_opts: set[str], ready_fd: int | None) -
             # After a signal or a failure we unmount (a failed daemon must not leave
             # a dead mount behind); after an external unmount there is nothing to undo.
             pyfuse3.close(unmount=state["signalled"] or not served)
+            # Unmounted: from here a second signal may end the process (vfs.close can
+            # wait seconds for the index, and what it writes is only derived data).
+            stack.close()
             vfs.close()
             log.info("unmounted %s", mp)
 
@@ -505,11 +510,13 @@ def _retire(fd: int) -> None:
 
 
 @contextmanager
-def _stop_on_signals(state: dict[str, bool]) -> Iterator[int]:
+def _stop_on_signals(state: dict[str, bool], wakeup: bool = True) -> Iterator[int]:
     """SIGINT, SIGTERM and SIGHUP end main_sync once the request being served is
     answered (never in the middle of one) and ask for an unmount. Yields the wakeup
-    pipe main_sync waits on, so that no signal is missed. The handlers are swapped
-    with the signals blocked (in this thread: the others are started later)."""
+    pipe main_sync waits on, so that no signal is missed (-1 without ``wakeup``: trio,
+    which serves stock pyfuse3, has its own, and its own handlers while it runs; ours
+    then only note a signal that comes before). The handlers are swapped with the
+    signals blocked (in this thread: the others are started later)."""
     sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
     def stop(_signum: int, _frame: object) -> None:
@@ -517,13 +524,13 @@ def _stop_on_signals(state: dict[str, bool]) -> Iterator[int]:
         if state["serving"]:
             pyfuse3.stop_sync()  # type: ignore[attr-defined]  # the patched build's
 
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if wakeup else (-1, -1)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     old: dict[int, Any] = {}
     try:
         for s in sigs:
             old[s] = signal.signal(s, stop)
-        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False) if wakeup else None
     except BaseException:
         _restore_signals(old, None, r, w, mask)
         raise
@@ -541,8 +548,9 @@ def _restore_signals(old: dict[int, Any], old_fd: int | None, r: int, w: int,
         signal.set_wakeup_fd(old_fd)
     for s, h in old.items():
         signal.signal(s, h)
-    os.close(r)
-    os.close(w)
+    if r >= 0:
+        os.close(r)
+        os.close(w)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
@@ -550,6 +558,8 @@ async def _main(state: dict[str, bool]) -> None:
     import trio
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+        if state["signalled"]:  # before trio took the signals over
+            return
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
