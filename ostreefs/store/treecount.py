@@ -16,6 +16,7 @@ which a mount asks the disk for ahead of a walk.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -29,8 +30,9 @@ if TYPE_CHECKING:
 #: Threads reading dirtrees at once: with a cold cache the pass waits on the disk far
 #: more than it parses.
 IO_THREADS = 4
-#: Dirtrees per thread task (a task per dirtree would cost more than the read).
-IO_BATCH = 64
+#: The fewest dirtrees a thread is given (a task per dirtree would cost more than the
+#: read).
+IO_MIN_BATCH = 8
 #: Dirtrees of a tree (distinct, breadth first) recorded for a later mount to read ahead.
 READAHEAD_TREES = 8192
 #: How deep dirtrees may nest: ostree's limit on the depth of metadata. Only a damaged
@@ -72,21 +74,24 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
     A subtree that occurs twice is counted twice, as a checkout has it twice; but a
     level holds each distinct dirtree once, with how often it occurs, so a tree that
     repeats a subtree at every level costs its distinct dirtrees, not its 2^depth
-    occurrences. The dirtrees of a level are read by a few threads at once.
+    occurrences. The dirtrees of a level are read by a few threads at once, each
+    given an equal share (a level of a few dozen is read in parallel too), and parsed
+    on this thread: parsing on the readers made them queue for the interpreter lock.
     """
-    seen: dict[int, int] = {}
+    seen: Counter[bytes] = Counter()  # by raw checksum: the common case counts in C
     errors = 0
-    level: dict[str, int] = {tree: 1}
-    listed: dict[bytes, None] = {bytes.fromhex(tree): None}
+    root = bytes.fromhex(tree)
+    level: dict[bytes, int] = {root: 1}
+    listed: dict[bytes, None] = {root: None}
 
-    def read(batch: list[str]) -> list[bytes | None]:
+    def read(batch: list[bytes]) -> list[bytes | None]:
         out: list[bytes | None] = []
-        for t in batch:
+        for raw in batch:
             try:
-                out.append(repo.read_metadata(t, ObjectType.DIR_TREE))
+                out.append(repo.read_metadata(raw.hex(), ObjectType.DIR_TREE))
             except StoreError as e:
                 if on_error is not None:
-                    on_error(t, e)
+                    on_error(raw.hex(), e)
                 out.append(None)
         return out
 
@@ -97,41 +102,46 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
             if depth > MAX_DEPTH:
                 errors += 1
                 if on_error is not None:
-                    t = next(iter(level))
-                    on_error(t, CorruptObject(t, "dirtree",
+                    h = next(iter(level)).hex()
+                    on_error(h, CorruptObject(h, "dirtree",
                                               f"nested more than {MAX_DEPTH} levels deep"))
                 break
             trees = list(level)  # (each once: a level maps a dirtree to its count)
-            batches = [trees[i:i + IO_BATCH] for i in range(0, len(trees), IO_BATCH)]
-            data: dict[str, bytes | None] = {}
+            step = -(-len(trees) // max(1, min(IO_THREADS, len(trees) // IO_MIN_BATCH)))
+            batches = [trees[i:i + step] for i in range(0, len(trees), step)]
+            nxt: dict[bytes, int] = {}
             for batch, got in zip(batches, pool.map(read, batches), strict=True):
-                data.update(zip(batch, got, strict=True))
-            nxt: dict[str, int] = {}
-            for t, times in level.items():
-                raw = data[t]
-                if raw is None:
-                    errors += 1
-                    continue
-                try:
-                    files, dirs = dirtree_checksums(raw)
-                except MalformedData as e:
-                    if on_error is not None:
-                        on_error(t, CorruptObject(t, "dirtree", e.args[1]))
-                    errors += 1
-                    continue
-                for c in files:
-                    k = int.from_bytes(c[:8], "big")
-                    seen[k] = seen.get(k, 0) + times
-                for c in dirs:
-                    h = c.hex()
-                    nxt[h] = nxt.get(h, 0) + times
-                    if len(listed) < READAHEAD_TREES:
-                        listed.setdefault(c)
+                for t, data in zip(batch, got, strict=True):
+                    if data is None:
+                        errors += 1
+                        continue
+                    try:
+                        files, dirs = dirtree_checksums(data)
+                    except MalformedData as e:
+                        if on_error is not None:
+                            on_error(t.hex(), CorruptObject(t.hex(), "dirtree", e.args[1]))
+                        errors += 1
+                        continue
+                    times = level[t]
+                    if times == 1:
+                        seen.update(files)
+                    else:
+                        for c in files:
+                            seen[c] += times
+                    for c in dirs:
+                        nxt[c] = nxt.get(c, 0) + times
+                        if len(listed) < READAHEAD_TREES:
+                            listed.setdefault(c)
             level = nxt
             depth += 1
     finally:
         pool.shutdown(wait=False)
-    return TreeCount(kept_counts(seen), list(listed), errors)
+    counts: dict[int, int] = {}
+    for c, n in seen.items():
+        if n > 1:
+            k = int.from_bytes(c[:8], "big")
+            counts[k] = counts.get(k, 0) + n
+    return TreeCount(kept_counts(counts), list(listed), errors)
 
 
 def record_counts(repo: Repo, tree: str) -> bool:

@@ -37,6 +37,7 @@ from ostreefs.store.objects import (
     FileHeader,
     Summary,
     SummaryRef,
+    _lean_checksums,
     decode_metadata,
     dirtree_checksums,
     encode_metadata,
@@ -1094,6 +1095,27 @@ def test_dirtree_checksums_match_the_full_parse() -> None:
     t = DirTree.from_bytes(SAMPLES["dirtree"])
     assert dirtree_checksums(SAMPLES["dirtree"]) == _checksums_of(t)
     assert dirtree_checksums(SAMPLES["dirtree"])[1] == [bytes.fromhex(SUB_TREE)]
+
+
+@pytest.mark.parametrize("name_len", [1, 150, 190, 200, 300])
+@pytest.mark.parametrize("entries", [0, 1, 9, 400, 1700])
+def test_dirtree_checksums_lean_and_framed_paths_agree(name_len: int, entries: int) -> None:
+    """The count's shortcut (elements under 256 bytes, arrays under 64 KiB) and the
+    general framing give the same checksums, and both are taken where they should be."""
+    files = {f"{i:06d}".ljust(name_len, "f"): hashlib.sha256(b"f%d" % i).hexdigest()
+             for i in range(entries)}
+    dirs = {f"{i:06d}".ljust(name_len, "d"): (hashlib.sha256(b"t%d" % i).hexdigest(),
+                                              hashlib.sha256(b"m%d" % i).hexdigest())
+            for i in range(entries // 3)}
+    t = DirTree.build(files, dirs)
+    blob = t.to_bytes()
+    assert dirtree_checksums(blob) == _checksums_of(t)
+    lean = _lean_checksums(blob)
+    files_size = entries * (name_len + 36)  # (an element and its offset)
+    if name_len <= 150 and files_size < 60_000:  # a directory as /usr has them
+        assert lean == _checksums_of(t)
+    if (name_len == 300 and entries) or files_size > 70_000:
+        assert lean is None  # an element over 255 bytes, or an array over 64 KiB
 
 
 @FUZZ
