@@ -13,7 +13,7 @@ import fcntl
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 
@@ -81,6 +81,50 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 write_all = _write_all
+
+
+def make_dirs(path: str | os.PathLike[str]) -> list[str]:
+    """``mkdir -p``, returning the directories it made, outermost first (for
+    :func:`hand_to_owner`)."""
+    missing = []
+    p = os.fspath(path)
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    made = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+            made.append(d)
+        except FileExistsError:
+            pass
+    return made
+
+
+def hand_to_owner(paths: Iterable[str | os.PathLike[str]],
+                  of: str | os.PathLike[str]) -> None:
+    """Give what root just made inside ``of`` (ostreefs's own files in a repository:
+    the index, the reflog) to the owner of ``of``, where that is another user. A user's
+    repository that root committed to or pulled into must stay one its owner can write;
+    these files are not ostree's, so ostree's rule (whoever writes, owns) need not
+    apply. Only files root owns are changed, and a symlink is never followed."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(of)
+    except OSError:
+        return
+    if st.st_uid == 0:
+        return
+    for p in paths:
+        try:
+            if os.lstat(p).st_uid == 0:
+                os.chown(p, st.st_uid, st.st_gid, follow_symlinks=False)
+        except OSError:
+            pass  # best effort: the files work for root either way
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:

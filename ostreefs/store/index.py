@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
+from ostreefs import _fs
 from ostreefs.errors import CorruptObject, MalformedData, StoreError
 from ostreefs.store.objects import ObjectType, is_checksum
 
@@ -137,6 +138,7 @@ class Index:
                     env = _open_env(key)
                 _ENVS[key] = env
                 _ENV_PIDS[key] = os.getpid()
+                _fs.hand_to_owner([key, f"{key}/data.mdb", f"{key}/lock.mdb"], repo.path)
             elif _ENV_PIDS.get(key) != os.getpid():
                 raise _opened_before_fork(path)
         except (lmdb.Error, OSError) as e:

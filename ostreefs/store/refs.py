@@ -170,9 +170,15 @@ def append_reflog(repo: Repo, spec: RefSpec, old: str | None, new: str | None,
     zero = "0" * 64
     line = f"{time.time_ns()} {old or zero} {new or zero} {reason}".rstrip() + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        made = _fs.make_dirs(path.parent)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            made.append(str(path))
+        except FileExistsError:
+            fd = os.open(path, flags)
+        try:
+            _fs.hand_to_owner(made, repo.path)
             _fs.write_all(fd, line.encode())
         finally:
             os.close(fd)

@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from support import TS
+from support import TS, Tool
 
 from ostreefs.store import commit as commit_mod
 from ostreefs.store.commit import CommitModifier, CommitOptions, TreeSource, commit
@@ -385,3 +388,48 @@ def test_an_index_opened_before_a_fork_is_refused_after_it(repo: Repo) -> None:
     _pid, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert repo.index.object_count() >= 0  # and the parent's still works
+
+
+# ------------------------------------------------- root in someone else's repository
+
+OTHER = 65534  # nobody
+
+
+def test_root_leaves_a_users_repository_writable_by_its_user(ostreefs: Tool) -> None:
+    """Root commits to a repository a user owns; the files ostreefs keeps of its own (the
+    reflog, the index) go to that user, whose next commit then lands in the reflog
+    (it was silently left out while root owned the log) and the index."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.fail("needs root and setpriv (util-linux): CI runs as root")
+    base = Path(tempfile.mkdtemp(prefix="ostreefs-owner-", dir="/tmp"))  # reachable
+    try:
+        os.chmod(base, 0o755)
+        repo, src = base / "repo", base / "src"
+        src.mkdir()
+        (src / "f").write_text("one\n")
+        ostreefs("init", f"--repo={repo}", "--mode=bare-user")
+        for p in [base, repo, *repo.rglob("*")]:
+            os.chown(p, OTHER, OTHER, follow_symlinks=False)
+        os.chmod(src, 0o755)
+        first = ostreefs("commit", f"--repo={repo}", "-b", "main", "-s", "root's",
+                         str(src)).stdout.strip()
+        own = [repo / "ostreefs-logs" / "refs" / "heads" / "main", repo / INDEX_DIR,
+               repo / INDEX_DIR / "data.mdb", repo / INDEX_DIR / "lock.mdb"]
+        own += list(own[0].parents)[:3]  # heads, refs, ostreefs-logs
+        assert {str(p): os.lstat(p).st_uid for p in own} == {str(p): OTHER for p in own}
+        (src / "f").write_text("two\n")
+        as_user = subprocess.run(
+            ["setpriv", f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups",
+             sys.executable, "-m", "ostreefs", "commit", f"--repo={repo}", "-b", "main",
+             "-s", "the user's", str(src)],
+            capture_output=True, text=True, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C",
+                 "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert as_user.returncode == 0, as_user.stderr
+        second = as_user.stdout.strip()
+        r = Repo.open(repo)
+        assert [(e.old, e.new) for e in read_reflog(r, "main")] == [(None, first),
+                                                                   (first, second)]
+        assert second in r.index.commits_list()  # the user's commit reached the index
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
