@@ -266,19 +266,10 @@ def _fast_array(data: bytes, start: int, end: int, n_offsets: int
     the caller to the generic decoder, which reports the precise error. Elements under
     256 bytes (one-byte offsets: any name up to ~190 bytes) take a shorter path.
     """
-    size = end - start
-    if size == 0:
-        return []
-    z = _off_size(size)
-    table = int.from_bytes(data[end - z:end], "little")
-    if table > size - z or (size - table) % z:
+    framing = _array_frame(data, start, end)
+    if framing is None:
         return None
-    tstart = start + table
-    ends: bytes | tuple[int, ...]
-    if z == 1:
-        ends = data[tstart:end]  # iterating bytes gives the offsets
-    else:
-        ends = struct.unpack_from(f"<{(end - tstart) // z}{_OFF_FMT[z]}", data, tstart)
+    tstart, ends = framing
     out: list[tuple[bytes, ...]] = []
     pos = start
     for rel in ends:
@@ -318,6 +309,35 @@ def _fast_array(data: bytes, start: int, end: int, n_offsets: int
 _OFF_FMT = {2: "H", 4: "I", 8: "Q"}
 
 
+def _array_frame(data: bytes, start: int, end: int
+                 ) -> tuple[int, bytes | tuple[int, ...]] | None:
+    """Where the framing offsets of an array of variable-size elements at [start, end)
+    begin, and the offsets (each element's end, from ``start``); None if they cannot
+    be where the last one says."""
+    size = end - start
+    if size == 0:
+        return end, ()
+    z = _off_size(size)
+    table = int.from_bytes(data[end - z:end], "little")
+    if table > size - z or (size - table) % z:
+        return None
+    tstart = start + table
+    if z == 1:
+        return tstart, data[tstart:end]  # iterating bytes gives the offsets
+    return tstart, struct.unpack_from(f"<{(end - tstart) // z}{_OFF_FMT[z]}", data, tstart)
+
+
+def _dirtree_split(data: bytes) -> tuple[int, int] | None:
+    """Where a dirtree's files array ends (its dirs array begins), and where the dirs
+    array ends; None if the framing says nothing possible."""
+    size = len(data)
+    if size == 0:
+        return None
+    z = _off_size(size)
+    files_end = int.from_bytes(data[size - z:], "little")
+    return None if files_end > size - z else (files_end, size - z)
+
+
 def _fast_element(data: bytes, pos: int, elem_end: int, n_offsets: int
                   ) -> tuple[bytes, ...] | None:
     """One (say) or (sayay) element at [pos, elem_end), any offset size."""
@@ -347,15 +367,12 @@ def _fast_dirtree_raw(data: bytes) -> tuple[list[tuple[bytes, ...]],
                                              list[tuple[bytes, ...]]] | None:
     """Split a dirtree into raw entries (names without their NUL) without the generic
     codec, which is too slow for the hot paths that read every directory."""
-    size = len(data)
-    if size == 0:
+    split = _dirtree_split(data)
+    if split is None:
         return None
-    z = _off_size(size)
-    files_end = int.from_bytes(data[size - z:], "little")
-    if files_end > size - z:
-        return None
+    files_end, dirs_end = split
     fa = _fast_array(data, 0, files_end, 1)
-    da = _fast_array(data, files_end, size - z, 2)
+    da = _fast_array(data, files_end, dirs_end, 2)
     if fa is None or da is None:
         return None
     return fa, da
@@ -370,21 +387,10 @@ def _lean_array(data: bytes, start: int, end: int, n_sums: int) -> list[bytes] |
     right before its element's offsets. A count of a whole tree slices out ~20 checksums
     per directory and needs nothing else of an element (see dirtree_checksums).
     """
-    size = end - start
-    if size == 0:
-        return []
-    z = _off_size(size)
-    table = int.from_bytes(data[end - z:end], "little")
-    if table > size - z or (size - table) % z:
+    framing = _array_frame(data, start, end) if end - start <= 0xFFFF else None
+    if framing is None:
         return None
-    tstart = start + table
-    ends: bytes | tuple[int, ...]
-    if z == 1:
-        ends = data[tstart:end]
-    elif z == 2:
-        ends = struct.unpack_from(f"<{(end - tstart) // 2}H", data, tstart)
-    else:
-        return None
+    tstart, ends = framing
     out: list[bytes] = []
     prev = start
     if n_sums == 1:  # name NUL, checksum, the name's end
@@ -407,17 +413,14 @@ def _lean_array(data: bytes, start: int, end: int, n_sums: int) -> list[bytes] |
 
 
 def _lean_checksums(data: bytes) -> tuple[list[bytes], list[bytes]] | None:
-    size = len(data)
-    if size == 0:
+    split = _dirtree_split(data)
+    if split is None:
         return None
-    z = _off_size(size)
-    files_end = int.from_bytes(data[size - z:], "little")
-    if files_end > size - z:
-        return None
+    files_end, dirs_end = split
     files = _lean_array(data, 0, files_end, 1)
     if files is None:
         return None
-    dirs = _lean_array(data, files_end, size - z, 2)
+    dirs = _lean_array(data, files_end, dirs_end, 2)
     return None if dirs is None else (files, dirs)
 
 
