@@ -83,46 +83,61 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 write_all = _write_all
 
 
-def make_dirs(path: str | os.PathLike[str]) -> list[str]:
-    """``mkdir -p``, returning the directories it made, outermost first (for
-    :func:`hand_to_owner`)."""
-    missing = []
-    p = os.fspath(path)
-    while not os.path.isdir(p):
-        missing.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
-    made = []
-    for d in reversed(missing):
-        try:
-            os.mkdir(d)
-            made.append(d)
-        except FileExistsError:
-            pass
-    return made
+def open_dirs(base: str | os.PathLike[str], rel: str, create: bool = False
+              ) -> tuple[int, list[str]]:
+    """Open the directory ``rel`` (relative, ``/``-separated) under ``base`` without
+    following a symlink on the way (a component that is one fails with ELOOP or
+    ENOTDIR), making the missing ones when ``create``. Returns its fd and the
+    directories made (relative to ``base``, outermost first). For ostreefs's own files
+    in a repository, whose owner could otherwise point them anywhere."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    made: list[str] = []
+    done: list[str] = []
+    try:
+        for part in rel.split("/") if rel else []:
+            if part in ("", ".", ".."):
+                raise OSError(errno.EINVAL, f"not a plain relative path: {rel!r}")
+            done.append(part)
+            if create:
+                try:
+                    os.mkdir(part, dir_fd=fd)
+                    made.append("/".join(done))
+                except FileExistsError:
+                    pass
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, made
 
 
-def hand_to_owner(paths: Iterable[str | os.PathLike[str]],
-                  of: str | os.PathLike[str]) -> None:
-    """Give what root just made inside ``of`` (ostreefs's own files in a repository:
-    the index, the reflog) to the owner of ``of``, where that is another user. A user's
-    repository that root committed to or pulled into must stay one its owner can write;
-    these files are not ostree's, so ostree's rule (whoever writes, owns) need not
-    apply. Only files root owns are changed, and a symlink is never followed."""
+def hand_to_owner(rels: Iterable[str], base: str | os.PathLike[str]) -> None:
+    """Give what root just made under ``base`` (ostreefs's own files in a repository:
+    the index, the reflog; ``rels`` relative to it) to the owner of ``base``, where
+    that is another user. A user's repository that root committed to or pulled into
+    must stay one its owner can write; these files are not ostree's, so ostree's rule
+    (whoever writes, owns) need not apply. Only files root owns are changed, and they
+    are reached without following a symlink (see :func:`open_dirs`)."""
     if os.geteuid() != 0:
         return
     try:
-        st = os.stat(of)
+        st = os.stat(base)
     except OSError:
         return
     if st.st_uid == 0:
         return
-    for p in paths:
+    for rel in rels:
+        parent, _, name = rel.rpartition("/")
         try:
-            if os.lstat(p).st_uid == 0:
-                os.chown(p, st.st_uid, st.st_gid, follow_symlinks=False)
+            dfd, _made = open_dirs(base, parent)
+            try:
+                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_uid == 0:
+                    os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+            finally:
+                os.close(dfd)
         except OSError:
             pass  # best effort: the files work for root either way
 

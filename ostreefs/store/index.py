@@ -122,6 +122,13 @@ class Index:
     def open(cls, repo: Repo) -> Index:
         path = repo.path / INDEX_DIR
         try:
+            # A symlink may put the index on another disk, but only one of this user's
+            # own: LMDB writes (and a repair deletes) where it points, and root must not
+            # go where a repository's owner points it.
+            if path.is_symlink() and os.lstat(path).st_uid != os.geteuid():
+                raise StoreError(f"The index {path} is another user's symlink",
+                                 hint="remove it (the index is derived data), or make "
+                                      "the link as the user who runs ostreefs")
             path.mkdir(exist_ok=True)
             # LMDB allows one environment per file per process: share it.
             key = str(path.resolve())
@@ -138,7 +145,8 @@ class Index:
                     env = _open_env(key)
                 _ENVS[key] = env
                 _ENV_PIDS[key] = os.getpid()
-                _fs.hand_to_owner([key, f"{key}/data.mdb", f"{key}/lock.mdb"], repo.path)
+                _fs.hand_to_owner([INDEX_DIR, f"{INDEX_DIR}/data.mdb",
+                                   f"{INDEX_DIR}/lock.mdb"], repo.path)
             elif _ENV_PIDS.get(key) != os.getpid():
                 raise _opened_before_fork(path)
         except (lmdb.Error, OSError) as e:

@@ -166,17 +166,23 @@ def set_ref(repo: Repo, spec: RefSpec | str, commit: str | None, *,
 def append_reflog(repo: Repo, spec: RefSpec, old: str | None, new: str | None,
                   reason: str = "") -> None:
     """Append one line ``TIME_NS OLD NEW REASON`` (zeros for none) to the ref's reflog."""
-    path = repo.path / REFLOG_DIR / spec.relpath()
+    rel = f"{REFLOG_DIR}/{spec.relpath()}"
+    parent, _, name = rel.rpartition("/")
     zero = "0" * 64
     line = f"{time.time_ns()} {old or zero} {new or zero} {reason}".rstrip() + "\n"
     try:
-        made = _fs.make_dirs(path.parent)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        # Never through a symlink: the log is under the repository's owner's control,
+        # and root writes it too.
+        dfd, made = _fs.open_dirs(repo.path, parent, create=True)
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-            made.append(str(path))
-        except FileExistsError:
-            fd = os.open(path, flags)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+            try:
+                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
+                made.append(rel)
+            except FileExistsError:
+                fd = os.open(name, flags, dir_fd=dfd)
+        finally:
+            os.close(dfd)
         try:
             _fs.hand_to_owner(made, repo.path)
             _fs.write_all(fd, line.encode())

@@ -433,3 +433,29 @@ def test_root_leaves_a_users_repository_writable_by_its_user(ostreefs: Tool) -> 
         assert second in r.index.commits_list()  # the user's commit reached the index
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_root_follows_no_symlink_the_repositorys_owner_planted(ostreefs: Tool,
+                                                               tmp_path: Path) -> None:
+    """The owner of a repository points ostreefs-logs and ostreefs-index at a directory
+    of root's. Root's commit still lands, and writes (or hands over) nothing there."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root: CI runs as root")
+    repo, src, target = tmp_path / "repo", tmp_path / "src", tmp_path / "roots"
+    src.mkdir()
+    (src / "f").write_text("one\n")
+    target.mkdir()
+    ostreefs("init", f"--repo={repo}", "--mode=bare-user")
+    (repo / "ostreefs-logs").symlink_to(target)
+    (repo / INDEX_DIR).symlink_to(target)
+    for p in [repo, *repo.rglob("*")]:
+        os.chown(p, OTHER, OTHER, follow_symlinks=False)
+    out = ostreefs("commit", f"--repo={repo}", "-b", "main", "-s", "root's", str(src))
+    assert resolve_ref(Repo.open(repo), "main") == out.stdout.strip()
+    assert list(target.iterdir()) == []
+    assert os.stat(target).st_uid == 0
+    # Without the link the next commit keeps its reflog as usual.
+    (repo / "ostreefs-logs").unlink()
+    ostreefs("commit", f"--repo={repo}", "-b", "main", "-s", "again", str(src))
+    assert len(read_reflog(Repo.open(repo), "main")) == 1
+    assert os.lstat(repo / "ostreefs-logs").st_uid == OTHER
