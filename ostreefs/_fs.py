@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -83,25 +84,19 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 write_all = _write_all
 
 
-def open_dirs(base: str | os.PathLike[str], rel: str, create: bool = False
-              ) -> tuple[int, list[str]]:
-    """Open the directory ``rel`` (relative, ``/``-separated) under ``base`` without
-    following a symlink on the way (a component that is one fails with ELOOP or
-    ENOTDIR), making the missing ones when ``create``. Returns its fd and the
-    directories made (relative to ``base``, outermost first). For ostreefs's own files
-    in a repository, whose owner could otherwise point them anywhere."""
+def open_dirs(base: str | os.PathLike[str], rel: str, create: bool = False) -> int:
+    """An fd of the directory ``rel`` (relative, ``/``-separated) under ``base``,
+    reached without following a symlink (a component that is one fails with ELOOP or
+    ENOTDIR), the missing ones made when ``create``. For ostreefs's own files in a
+    repository, whose owner could otherwise point them anywhere."""
     fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    made: list[str] = []
-    done: list[str] = []
     try:
         for part in rel.split("/") if rel else []:
             if part in ("", ".", ".."):
                 raise OSError(errno.EINVAL, f"not a plain relative path: {rel!r}")
-            done.append(part)
             if create:
                 try:
                     os.mkdir(part, dir_fd=fd)
-                    made.append("/".join(done))
                 except FileExistsError:
                     pass
             nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -111,7 +106,7 @@ def open_dirs(base: str | os.PathLike[str], rel: str, create: bool = False
     except BaseException:
         os.close(fd)
         raise
-    return fd, made
+    return fd
 
 
 def hand_to_owner(rels: Iterable[str], base: str | os.PathLike[str]) -> None:
@@ -119,8 +114,9 @@ def hand_to_owner(rels: Iterable[str], base: str | os.PathLike[str]) -> None:
     the index, the reflog; ``rels`` relative to it) to the owner of ``base``, where
     that is another user. A user's repository that root committed to or pulled into
     must stay one its owner can write; these files are not ostree's, so ostree's rule
-    (whoever writes, owns) need not apply. Only files root owns are changed, and they
-    are reached without following a symlink (see :func:`open_dirs`)."""
+    (whoever writes, owns) need not apply. Only what root owns is changed, only a file
+    with no other link, and all is reached without following a symlink (see
+    :func:`open_dirs`)."""
     if os.geteuid() != 0:
         return
     try:
@@ -132,9 +128,10 @@ def hand_to_owner(rels: Iterable[str], base: str | os.PathLike[str]) -> None:
     for rel in rels:
         parent, _, name = rel.rpartition("/")
         try:
-            dfd, _made = open_dirs(base, parent)
+            dfd = open_dirs(base, parent)
             try:
-                if os.stat(name, dir_fd=dfd, follow_symlinks=False).st_uid == 0:
+                got = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if got.st_uid == 0 and (stat.S_ISDIR(got.st_mode) or got.st_nlink == 1):
                     os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
             finally:
                 os.close(dfd)

@@ -378,14 +378,16 @@ def _fast_dirtree_raw(data: bytes) -> tuple[list[tuple[bytes, ...]],
     return fa, da
 
 
-def _lean_array(data: bytes, start: int, end: int, n_sums: int) -> list[bytes] | None:
+def _lean_array(data: bytes, start: int, end: int, n_sums: int, width: int = 32
+                ) -> list[bytes] | None:
     """The first checksum of each element of an a(say) (``n_sums`` 1) or a(sayay) (2) at
     [start, end), where every element is under 256 bytes and the array under 64 KiB (a
     directory of up to ~1500 entries with names of up to ~190 bytes); None otherwise.
 
     Only the framing that places the checksums is checked: that each one is 32 bytes,
     right before its element's offsets. A count of a whole tree slices out ~20 checksums
-    per directory and needs nothing else of an element (see dirtree_checksums).
+    per directory and needs nothing else of an element (see dirtree_checksums). Of a
+    file's checksum it gives the first ``width`` bytes.
     """
     framing = _array_frame(data, start, end) if end - start <= 0xFFFF else None
     if framing is None:
@@ -399,7 +401,7 @@ def _lean_array(data: bytes, start: int, end: int, n_sums: int) -> list[bytes] |
             if (e > tstart or e - prev > 0xFF or e - 33 <= prev
                     or prev + data[e - 1] != e - 33):
                 return None
-            out.append(data[e - 33:e - 1])
+            out.append(data[e - 33:e - 33 + width])
             prev = e
     else:  # name NUL, tree, meta, the tree's end, the name's end
         for rel in ends:
@@ -412,27 +414,29 @@ def _lean_array(data: bytes, start: int, end: int, n_sums: int) -> list[bytes] |
     return out
 
 
-def _lean_checksums(data: bytes) -> tuple[list[bytes], list[bytes]] | None:
+def _lean_checksums(data: bytes, width: int = 32
+                    ) -> tuple[list[bytes], list[bytes]] | None:
     split = _dirtree_split(data)
     if split is None:
         return None
     files_end, dirs_end = split
-    files = _lean_array(data, 0, files_end, 1)
+    files = _lean_array(data, 0, files_end, 1, width)
     if files is None:
         return None
     dirs = _lean_array(data, files_end, dirs_end, 2)
     return None if dirs is None else (files, dirs)
 
 
-def dirtree_checksums(data: bytes) -> tuple[list[bytes], list[bytes]]:
-    """The raw (32-byte) checksums of a dirtree's files and of its subtrees.
+def dirtree_checksums(data: bytes, file_width: int = 32) -> tuple[list[bytes], list[bytes]]:
+    """The raw (32-byte) checksums of a dirtree's files and of its subtrees; of the
+    files' checksums only the first ``file_width`` bytes (a count keys objects by 8).
 
     For passes over a whole tree that need no names (counting how often each object
     occurs): it neither decodes nor checks names (UTF-8, order, duplicates, ``..``), so
     it takes some dirtrees that :meth:`DirTree.from_bytes` refuses; what it cannot
     frame at all raises :class:`MalformedData`. A listing still checks everything.
     """
-    lean = _lean_checksums(data)
+    lean = _lean_checksums(data, file_width)
     if lean is not None:
         return lean
     raw = _fast_dirtree_raw(data)
@@ -440,9 +444,9 @@ def dirtree_checksums(data: bytes) -> tuple[list[bytes], list[bytes]]:
         files = [e[1] for e in raw[0]]
         dirs = [e[1] for e in raw[1]]
         if all(len(c) == 32 for c in files) and all(len(c) == 32 for c in dirs):
-            return files, dirs
+            return [c[:file_width] for c in files], dirs
     t = DirTree.from_bytes(data)
-    return ([bytes.fromhex(c) for _n, c in t.files],
+    return ([bytes.fromhex(c)[:file_width] for _n, c in t.files],
             [bytes.fromhex(c) for _n, c, _m in t.dirs])
 
 

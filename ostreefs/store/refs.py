@@ -173,18 +173,18 @@ def append_reflog(repo: Repo, spec: RefSpec, old: str | None, new: str | None,
     try:
         # Never through a symlink: the log is under the repository's owner's control,
         # and root writes it too.
-        dfd, made = _fs.open_dirs(repo.path, parent, create=True)
+        dfd = _fs.open_dirs(repo.path, parent, create=True)
         try:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-            try:
-                fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dfd)
-                made.append(rel)
-            except FileExistsError:
-                fd = os.open(name, flags, dir_fd=dfd)
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o644, dir_fd=dfd)
         finally:
             os.close(dfd)
         try:
-            _fs.hand_to_owner(made, repo.path)
+            # Every time, not only what this call made: a log root made before (an
+            # older ostreefs) is handed over too.
+            parts = rel.split("/")
+            _fs.hand_to_owner(["/".join(parts[:i]) for i in range(1, len(parts) + 1)],
+                              repo.path)
             _fs.write_all(fd, line.encode())
         finally:
             os.close(fd)

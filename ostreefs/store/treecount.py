@@ -78,7 +78,9 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
     given an equal share (a level of a few dozen is read in parallel too), and parsed
     on this thread: parsing on the readers made them queue for the interpreter lock.
     """
-    seen: Counter[bytes] = Counter()  # by raw checksum: the common case counts in C
+    # By the first 8 bytes of the checksum (the key a record keeps): the common case
+    # counts in C.
+    seen: Counter[bytes] = Counter()
     errors = 0
     root = bytes.fromhex(tree)
     level: dict[bytes, int] = {root: 1}
@@ -116,7 +118,7 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
                         errors += 1
                         continue
                     try:
-                        files, dirs = dirtree_checksums(data)
+                        files, dirs = dirtree_checksums(data, file_width=8)
                     except MalformedData as e:
                         if on_error is not None:
                             on_error(t.hex(), CorruptObject(t.hex(), "dirtree", e.args[1]))
@@ -136,11 +138,7 @@ def count_tree(repo: Repo, tree: str, on_error: OnError | None = None) -> TreeCo
             depth += 1
     finally:
         pool.shutdown(wait=False)
-    counts: dict[int, int] = {}
-    for c, n in seen.items():
-        if n > 1:
-            k = int.from_bytes(c[:8], "big")
-            counts[k] = counts.get(k, 0) + n
+    counts = {int.from_bytes(k, "big"): n for k, n in seen.items() if n > 1}
     return TreeCount(kept_counts(counts), list(listed), errors)
 
 

@@ -1110,6 +1110,8 @@ def test_dirtree_checksums_lean_and_framed_paths_agree(name_len: int, entries: i
     t = DirTree.build(files, dirs)
     blob = t.to_bytes()
     assert dirtree_checksums(blob) == _checksums_of(t)
+    files8 = [c[:8] for c in _checksums_of(t)[0]]
+    assert dirtree_checksums(blob, file_width=8) == (files8, _checksums_of(t)[1])
     lean = _lean_checksums(blob)
     files_size = entries * (name_len + 36)  # (an element and its offset)
     if name_len <= 150 and files_size < 60_000:  # a directory as /usr has them
