@@ -84,12 +84,14 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
 write_all = _write_all
 
 
-def open_dirs(base: str | os.PathLike[str], rel: str, create: bool = False) -> int:
-    """An fd of the directory ``rel`` (relative, ``/``-separated) under ``base``,
-    reached without following a symlink (a component that is one fails with ELOOP or
-    ENOTDIR), the missing ones made when ``create``. For ostreefs's own files in a
-    repository, whose owner could otherwise point them anywhere."""
-    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def open_dirs(base: int | str | os.PathLike[str], rel: str, create: bool = False) -> int:
+    """An fd of the directory ``rel`` (relative, ``/``-separated; "" is ``base``
+    itself) under ``base`` (a path, or a directory fd, which stays open), reached
+    without following a symlink (a component that is one fails with ELOOP or ENOTDIR),
+    the missing ones made when ``create``. For trees whose owner could otherwise point a
+    write anywhere: ostreefs's own files in a repository, a deployment's /etc."""
+    fd = (os.dup(base) if isinstance(base, int)
+          else os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     try:
         for part in rel.split("/") if rel else []:
             if part in ("", ".", ".."):

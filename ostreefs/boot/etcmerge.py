@@ -96,18 +96,6 @@ def _fd(fd: int) -> Iterator[int]:
         os.close(fd)
 
 
-def _open_rel(dfd: int, rel: str) -> int:
-    """A directory below ``dfd``, no component a symlink (``rel`` "" is ``dfd`` itself)."""
-    fd = os.dup(dfd)
-    for part in rel.split("/") if rel else []:
-        try:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-        finally:
-            os.close(fd)
-        fd = nfd
-    return fd
-
-
 def _open_dir_of(root: Path, rel: str, what: str) -> int:
     try:
         rfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -115,7 +103,7 @@ def _open_dir_of(root: Path, rel: str, what: str) -> int:
         raise EtcMergeError(f"{root}: {e.strerror}") from None
     with _fd(rfd):
         try:
-            return _open_rel(rfd, rel)
+            return _fs.open_dirs(rfd, rel)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise EtcMergeError(f"{what} {root / rel} is not a directory") from None
@@ -287,7 +275,7 @@ def _split(path: str) -> tuple[str, str]:
 def _remove(new_etc: int, path: str) -> None:
     parent, name = _split(path)
     try:
-        pfd = _open_rel(new_etc, parent)
+        pfd = _fs.open_dirs(new_etc, parent)
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
             return  # nothing there below a real directory: nothing to remove
@@ -316,7 +304,7 @@ def _rmtree_at(parent: int, name: str) -> None:
 def _carry(local: int, new_etc: int, path: str, result: EtcMergeResult) -> None:
     """Copy one changed path from the local /etc into the new one (ostree's rules)."""
     parent, name = _split(path)
-    with _fd(_open_rel(local, parent)) as src_parent:
+    with _fd(_fs.open_dirs(local, parent)) as src_parent:
         st = _lstat(src_parent, name)
         if st is None:
             raise EtcMergeError(f"{path} vanished from the current /etc")
@@ -354,7 +342,7 @@ def _ensure_dir(local: int, new_etc: int, path: str) -> int:
     parent, name = _split(path)
     if parent:
         try:
-            pfd = _open_rel(new_etc, parent)
+            pfd = _fs.open_dirs(new_etc, parent)
         except FileNotFoundError:
             pfd = _ensure_dir(local, new_etc, parent)
         except OSError as e:
@@ -377,7 +365,7 @@ def _ensure_dir(local: int, new_etc: int, path: str) -> int:
                                     "cannot merge") from None
             raise
     try:
-        with _fd(_open_rel(local, path)) as src:
+        with _fd(_fs.open_dirs(local, path)) as src:
             _copy_dir_attrs(src, dfd)
     except BaseException:
         os.close(dfd)
