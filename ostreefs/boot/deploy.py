@@ -11,8 +11,6 @@ leaves only unreferenced files, which ``cleanup`` removes.
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,34 +95,6 @@ def compose_kargs(merge: Deployment | None, opts: KargOptions,
     return base
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    """A metadata-preserving copy (modes, owners, xattrs, symlinks), no hardlinks."""
-    st = os.lstat(src)
-    os.mkdir(dst, 0o700)
-    for name in sorted(os.listdir(src)):
-        s, d = src / name, dst / name
-        cst = os.lstat(s)
-        if stat.S_ISDIR(cst.st_mode):
-            copy_tree(s, d)
-        elif stat.S_ISLNK(cst.st_mode):
-            os.symlink(os.readlink(s), d)
-            os.lchown(d, cst.st_uid, cst.st_gid)
-            for k, v in _fs.list_xattrs(s):
-                os.setxattr(d, k, v, follow_symlinks=False)
-        elif stat.S_ISREG(cst.st_mode):
-            shutil.copyfile(s, d, follow_symlinks=False)
-            os.chown(d, cst.st_uid, cst.st_gid)
-            os.chmod(d, stat.S_IMODE(cst.st_mode))
-            for k, v in _fs.list_xattrs(s):
-                os.setxattr(d, k, v, follow_symlinks=False)
-            os.utime(d, ns=(cst.st_atime_ns, cst.st_mtime_ns), follow_symlinks=False)
-        # special files are not copied into /etc, as ostree skips them
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.chmod(dst, stat.S_IMODE(st.st_mode))
-    for k, v in _fs.list_xattrs(src):
-        os.setxattr(dst, k, v, follow_symlinks=False)
-
-
 def _merge_etc(merge_root: Path, new_root: Path) -> tuple[int, int, int]:
     r = etcmerge.merge_etc(merge_root, new_root)
     return r.modified, r.removed, r.added
@@ -193,7 +163,7 @@ def stage_deployment(sr: Sysroot, repo: Repo, osname: str, csum: str,
             os.rename(etc, usr_etc)
             ckpt("etc-to-usr-etc")
         if usr_etc.is_dir():
-            copy_tree(usr_etc, etc)
+            etcmerge.copy_usr_etc(tmp)
             ckpt("etc-copy")
             if merge is not None:
                 m, r, a = _merge_etc(sr.deploy_path(merge), tmp)

@@ -267,6 +267,23 @@ def merge_etc(merge_deploy: Path, new_deploy: Path) -> EtcMergeResult:
     return result
 
 
+def copy_usr_etc(deploy: Path) -> None:
+    """Make ``deploy/etc`` a copy of ``deploy/usr/etc`` (modes, owners, xattrs, times),
+    the new deployment's /etc before any merge. It goes through the same descriptor
+    walk as a merge, so a symlink in the tree is copied as a symlink, never followed;
+    special files are skipped, as a merge skips them."""
+    src = _open_dir_of(deploy, "usr", "deployment /usr")
+    with _fd(src):
+        dst = _open_dir_of(deploy, "", "deployment")
+        with _fd(dst):
+            if _lstat(dst, "etc") is not None:
+                raise EtcMergeError(f"{deploy / 'etc'} exists beside /usr/etc")
+            try:
+                _copy_tree(src, "etc", dst, "", EtcMergeResult(0, 0, 0))
+            except OSError as e:
+                raise EtcMergeError(f"copying /usr/etc to /etc: {e.strerror}") from None
+
+
 def _split(path: str) -> tuple[str, str]:
     parent, _, name = path.rpartition("/")
     return parent, name

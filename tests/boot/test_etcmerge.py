@@ -24,6 +24,7 @@ from ostreefs.boot.etcmerge import (
     EtcMergeError,
     NewlyDirectory,
     config_diff,
+    copy_usr_etc,
     merge_etc,
 )
 
@@ -173,11 +174,10 @@ def scn(ostree: Tool, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scen
         # The same inputs for ostreefs: a checkout of the new commit, etc from usr/etc.
         s.mine = s.root / "mine"
         run(f"--repo={repo}", "checkout", commits[1], s.mine)
-        subprocess.run(["cp", "-a", s.mine / "usr/etc", s.mine / "etc"], check=True)
+        copy_usr_etc(s.mine)  # as a deploy makes it: judged by ostree's merged /etc
         s.third_checkout = s.root / "third"
         run(f"--repo={repo}", "checkout", commits[2], s.third_checkout)
-        subprocess.run(["cp", "-a", s.third_checkout / "usr/etc", s.third_checkout / "etc"],
-                       check=True)
+        copy_usr_etc(s.third_checkout)
         proc = run("admin", f"--sysroot={sr}", "deploy", "--no-prune", f"--os={OS}",
                    commits[2], check=False)
         assert proc.returncode != 0
@@ -285,6 +285,36 @@ def test_hardlinked_defaults_are_not_modified(tmp_path: Path) -> None:
     assert (new / "usr/etc/a.conf").read_text() == "a2\n"
     assert stat.S_IMODE(os.stat(new / "usr/etc/a.conf").st_mode) == 0o644
     assert not [n for n in os.listdir(new / "etc") if n.startswith(".")]
+
+
+def test_usr_etc_copy_keeps_attributes_and_follows_no_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    d = tmp_path / "d"
+    etc = d / "usr/etc"
+    (etc / "sub/deep").mkdir(parents=True)
+    (etc / "a.conf").write_text("a\n")
+    os.chmod(etc / "a.conf", 0o640)
+    os.chown(etc / "a.conf", 12, 34)
+    os.setxattr(etc / "a.conf", "user.a", b"A")
+    os.utime(etc / "a.conf", ns=(1_000_000_000, 2_000_000_000))
+    (etc / "sub/deep/f").write_text("f\n")
+    os.chmod(etc / "sub", 0o750)
+    os.setxattr(etc / "sub", "user.d", b"D")
+    os.symlink(str(outside), etc / "out")  # copied as a link; nothing written through it
+    os.mkfifo(etc / "fifo")
+    copy_usr_etc(d)
+    want = _snap(etc)
+    del want["fifo"]  # special files are skipped, as a merge skips them
+    assert _snap(d / "etc") == want
+    assert os.stat(d / "etc/a.conf").st_mtime_ns == 2_000_000_000
+    assert os.listdir(outside) == []
+    # An etc already in the way (here a link to outside) is refused, not followed.
+    shutil.rmtree(d / "etc")
+    os.symlink(str(outside), d / "etc")
+    with pytest.raises(EtcMergeError, match="exists beside /usr/etc"):
+        copy_usr_etc(d)
+    assert os.listdir(outside) == []
 
 
 def test_missing_etc_is_a_clear_error(tmp_path: Path) -> None:
