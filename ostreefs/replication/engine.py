@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ostreefs import _fs
 from ostreefs.errors import CorruptObject, MalformedData, OstreefsError, StoreError
 from ostreefs.replication.http1 import HttpError, Request, Response
 from ostreefs.replication.objstore import (
@@ -172,7 +171,7 @@ class Walk:
     # ------------------------------------------------------------------ helpers
 
     def _has(self, checksum: str, otype: ObjectType) -> bool:
-        if self.txn is not None and (checksum, otype) in self.txn._staged:
+        if self.txn is not None and self.txn.is_staged(checksum, otype):
             return True
         if self.cfg.dry_run and f"{checksum}.{otype.value}" in self._mem:
             return True
@@ -182,8 +181,9 @@ class Walk:
         key = f"{checksum}.{otype.value}"
         if key in self._mem:
             return self._mem[key]
-        if self.txn is not None and (checksum, otype) in self.txn._staged:
-            return _fs.read_file(self.txn._stage_path(checksum, otype))
+        staged = self.txn.read_staged(checksum, otype) if self.txn is not None else None
+        if staged is not None:
+            return staged
         return self.repo.read_metadata(checksum, otype)
 
     def _partial_path(self, commit: str) -> str:

@@ -17,13 +17,12 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ostreefs import _fs
 from ostreefs.errors import CorruptObject, MalformedData, StoreError
 from ostreefs.store.config import RepoMode
 from ostreefs.store.objects import FileHeader, ObjectType
-from ostreefs.store.repo import OSTREEMETA_XATTR
 from ostreefs.store.transaction import Transaction
 
 _CHUNK = 1 << 20
@@ -162,13 +161,13 @@ class ContentStager:
         if txn is None:
             return 0
         if self.mode is RepoMode.ARCHIVE:
-            _stage_via_tmp(txn, checksum, ObjectType.FILE,
-                           lambda fd: _write_archive(fd, data), len(data))
+            txn.stage_whole(checksum, ObjectType.FILE, lambda fd: _write_archive(fd, data),
+                            len(data))
         elif header.is_symlink:
             self._stage_symlink(checksum, header)
         else:
-            _stage_via_tmp(txn, checksum, ObjectType.FILE,
-                           lambda fd: self._write_regular(fd, header, [payload]), len(payload))
+            txn.stage_whole(checksum, ObjectType.FILE,
+                            lambda fd: self._write_regular(fd, header, [payload]), len(payload))
         return len(payload)
 
     def stage_file(self, checksum: str, path: str) -> int:
@@ -195,14 +194,15 @@ class ContentStager:
                 if txn is None:
                     return 0
                 if self.mode is RepoMode.ARCHIVE:
-                    self._stage_rename(checksum, path)
+                    os.chmod(path, 0o644)
+                    txn.stage_rename(checksum, ObjectType.FILE, path)
                     return size
                 if header.is_symlink:
                     self._stage_symlink(checksum, header)
                 else:
                     chunks = _iter_inflate(checksum, fd, off)
-                    _stage_via_tmp(txn, checksum, ObjectType.FILE,
-                                   lambda out: self._write_regular(out, header, chunks), size)
+                    txn.stage_whole(checksum, ObjectType.FILE,
+                                    lambda out: self._write_regular(out, header, chunks), size)
                 return size
             finally:
                 os.close(fd)
@@ -212,10 +212,10 @@ class ContentStager:
             except FileNotFoundError:
                 pass
 
-    # Staging goes through the Transaction's bookkeeping (as pull_local does), so these
-    # objects are synced and renamed into objects/ with all the others. Each is written
-    # under a temporary name first: a file under its final staging name is complete,
-    # which is what a resumed pull (and anyone looking) may assume.
+    # Staging goes through the Transaction (Transaction.stage_whole, stage_rename,
+    # write_symlink), so these objects are synced and renamed into objects/ with all
+    # the others, and a file under its final staging name is complete, which is what a
+    # resumed pull (and anyone looking) may assume.
 
     def _write_regular(self, fd: int, header: FileHeader, chunks: Iterable[bytes]) -> None:
         for block in chunks:
@@ -223,52 +223,16 @@ class ContentStager:
         txn = self.txn
         assert txn is not None
         meta = self.headers.bareuser_meta(header) if self.mode is RepoMode.BARE_USER else None
-        txn._finish_content_fd(fd, header, meta)
+        txn.finish_content_fd(fd, header, meta)
 
     def _stage_symlink(self, checksum: str, header: FileHeader) -> None:
+        """Stage a verified symlink object as the transaction writes any symlink; its
+        checksum is recomputed from the parsed header, which must give the same."""
         txn = self.txn
         assert txn is not None
-        target = header.symlink_target
-        if self.mode is RepoMode.BARE_USER:
-            raw = target.encode("utf-8", "surrogateescape") + b"\0"
-
-            def fill(fd: int) -> None:
-                _fs.write_all(fd, raw)
-                os.fchmod(fd, 0o644)
-                os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
-                os.utime(fd, ns=(0, 0))
-
-            _stage_via_tmp(txn, checksum, ObjectType.FILE, fill, len(raw))
-            return
-        if not txn._claim(checksum, ObjectType.FILE):
-            return
-        tmp = str(txn._tmpfile())
-        try:
-            os.symlink(target, tmp)
-            if self.mode is RepoMode.BARE:
-                os.lchown(tmp, header.uid, header.gid)
-                for n, v in header.xattrs:
-                    os.setxattr(tmp, n, v, follow_symlinks=False)
-            os.rename(tmp, txn._stage_path(checksum, ObjectType.FILE))
-        except BaseException:
-            _unlink(tmp)
-            txn._unclaim(checksum, ObjectType.FILE)
-            raise
-        txn._done_writing(checksum, ObjectType.FILE, 0)
-
-    def _stage_rename(self, checksum: str, path: str) -> None:
-        txn = self.txn
-        assert txn is not None
-        if not txn._claim(checksum, ObjectType.FILE):
-            return
-        dest = txn._stage_path(checksum, ObjectType.FILE)
-        try:
-            os.chmod(path, 0o644)
-            os.rename(path, dest)
-        except BaseException:
-            txn._unclaim(checksum, ObjectType.FILE)
-            raise
-        txn._done_writing(checksum, ObjectType.FILE, os.lstat(dest).st_size)
+        actual = txn.write_symlink(header)
+        if actual != checksum:
+            raise corrupt(checksum, "file", actual)
 
 
 def _unlink(path: str) -> None:
@@ -283,57 +247,12 @@ def _write_archive(fd: int, data: bytes) -> None:
     os.fchmod(fd, 0o644)
 
 
-def _stage_via_tmp(txn: Transaction, checksum: str, otype: ObjectType,
-                   fill: Callable[[int], None], size: int) -> None:
-    """Write an object as an unnamed file in staging, then link it under its staging name.
-
-    (O_TMPFILE and a link cost less than a named temporary file and a rename, and the
-    name appears only once the object is whole.)
-    """
-    if not txn._claim(checksum, otype):
-        return
-    dest = txn._stage_path(checksum, otype)
-    try:
-        try:
-            fd = os.open(txn.staging, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-        except OSError:
-            fd = -1
-        if fd >= 0:
-            try:
-                fill(fd)
-                # src_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which links
-                # the open file (the path is absolute, so the fd itself is not used).
-                os.link(f"/proc/self/fd/{fd}", dest, src_dir_fd=fd)
-            finally:
-                os.close(fd)
-        else:
-            tmp = str(txn._tmpfile())
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    fill(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, dest)
-            except BaseException:
-                _unlink(tmp)
-                raise
-    except BaseException:
-        txn._unclaim(checksum, otype)
-        raise
-    txn._done_writing(checksum, otype, size)
-
-
 def stage_metadata(txn: Transaction, checksum: str, otype: ObjectType, data: bytes) -> None:
     """Stage a verified metadata object under its name."""
-    _stage_via_tmp(txn, checksum, otype, lambda fd: _write_archive(fd, data), len(data))
+    txn.stage_whole(checksum, otype, lambda fd: _write_archive(fd, data), len(data))
 
 
 def stage_detached(txn: Transaction, commit: str, data: bytes) -> bool:
     """Stage detached metadata (named by its commit); False if the repo already has one."""
-    if txn.repo.has_object(commit, ObjectType.COMMIT_META) or (
-            (commit, ObjectType.COMMIT_META) in txn._staged):
-        return False
-    _stage_via_tmp(txn, commit, ObjectType.COMMIT_META, lambda fd: _write_archive(fd, data),
-                   len(data))
-    return True
+    return txn.stage_whole(commit, ObjectType.COMMIT_META,
+                           lambda fd: _write_archive(fd, data), len(data))

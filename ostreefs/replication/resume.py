@@ -110,14 +110,8 @@ def _adopt_one(txn: Transaction, staging: str) -> int:
                 continue
             if verify_object(view, csum, otype) is not None:
                 continue
-            if not txn._claim(csum, otype):
-                continue
-            src = os.path.join(subdir, name)
             try:
-                os.rename(src, txn._stage_path(csum, otype))
+                taken += txn.stage_rename(csum, otype, os.path.join(subdir, name))
             except OSError:
-                txn._unclaim(csum, otype)
                 continue
-            txn._done_writing(csum, otype, os.lstat(txn._stage_path(csum, otype)).st_size)
-            taken += 1
     return taken

@@ -19,7 +19,7 @@ import os
 import secrets
 import stat
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +147,76 @@ class Transaction:
         except FileNotFoundError:
             pass
 
+    def is_staged(self, checksum: str, otype: ObjectType) -> bool:
+        """Whether this transaction has the object staged, or is staging it."""
+        return (checksum, otype) in self._staged
+
+    def read_staged(self, checksum: str, otype: ObjectType) -> bytes | None:
+        """A staged object's bytes; None if this transaction has not staged it."""
+        if (checksum, otype) not in self._staged:
+            return None
+        return _fs.read_file(self._stage_path(checksum, otype))
+
+    def stage_whole(self, checksum: str, otype: ObjectType, fill: Callable[[int], None],
+                    size: int) -> bool:
+        """Stage an object whose checksum the caller has verified: ``fill`` writes it
+        to an unnamed file in staging, which is then linked under its staging name, so
+        the name only ever shows a whole object (a pull reads back what it staged).
+        ``size`` is what the stats count as written. False if the repository has the
+        object or another thread is staging it.
+
+        (O_TMPFILE and a link cost less than a named temporary file and a rename.)
+        """
+        if not self._claim(checksum, otype):
+            return False
+        dest = self._stage_path(checksum, otype)
+        try:
+            try:
+                fd = os.open(self.staging, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    fill(fd)
+                    # src_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW), which links
+                    # the open file (the path is absolute, so the fd itself is not used).
+                    os.link(f"/proc/self/fd/{fd}", dest, src_dir_fd=fd)
+                finally:
+                    os.close(fd)
+            else:  # no O_TMPFILE here: a named temporary file and a rename
+                tmp = str(self._tmpfile())
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 0o600)
+                    try:
+                        fill(fd)
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, dest)
+                except BaseException:
+                    _unlink(tmp)
+                    raise
+        except BaseException:
+            self._unclaim(checksum, otype)
+            raise
+        self._done_writing(checksum, otype, size)
+        return True
+
+    def stage_rename(self, checksum: str, otype: ObjectType, path: str) -> bool:
+        """Stage a whole, verified object file by renaming it from ``path`` on this
+        filesystem, as it is (its mode may be the object's); False if the repository has
+        it or another thread is staging it (``path`` is then left to the caller)."""
+        if not self._claim(checksum, otype):
+            return False
+        dest = self._stage_path(checksum, otype)
+        try:
+            os.rename(path, dest)
+        except BaseException:
+            self._unclaim(checksum, otype)
+            raise
+        self._done_writing(checksum, otype, os.lstat(dest).st_size)
+        return True
+
     def link_object(self, checksum: str, otype: ObjectType, src: str) -> bool:
         """Hardlink an object that is already whole on this filesystem (another
         repository's, verified by whoever wrote it) straight to its place in objects/.
@@ -205,36 +275,44 @@ class Transaction:
             os.close(fd)
 
     def write_symlink(self, header: FileHeader) -> str:
-        """Store a symlink content object; return its checksum."""
+        """Store a symlink content object; return its checksum. Its staging name shows
+        it whole or not at all (see :meth:`stage_whole`)."""
         checksum = hashlib.sha256(header.checksum_header()).hexdigest()
         next(self._content_calls)
-        if not self._claim(checksum, ObjectType.FILE):
-            return checksum
-        dest = self._stage_path(checksum, ObjectType.FILE)
         mode = self.repo.mode
-        target = header.symlink_target
-        try:
-            if mode is RepoMode.ARCHIVE:
-                self._write_new(dest, header.archive_header(0), 0o644)
-            elif mode is RepoMode.BARE_USER:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    _fs.write_all(fd, target.encode("utf-8", "surrogateescape") + b"\0")
-                    os.fchmod(fd, 0o644)
-                    os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
-                    os.utime(fd, ns=(0, 0))
-                finally:
-                    os.close(fd)
-            else:
-                os.symlink(target, dest)
+        otype = ObjectType.FILE
+        if mode is RepoMode.ARCHIVE:
+            data = header.archive_header(0)
+
+            def fill(fd: int) -> None:
+                _fs.write_all(fd, data)
+                os.fchmod(fd, 0o644)
+
+            self.stage_whole(checksum, otype, fill, 0)
+        elif mode is RepoMode.BARE_USER:
+            raw = header.symlink_target.encode("utf-8", "surrogateescape") + b"\0"
+
+            def fill(fd: int) -> None:
+                _fs.write_all(fd, raw)
+                os.fchmod(fd, 0o644)
+                os.setxattr(fd, OSTREEMETA_XATTR, header.bareuser_meta())
+                os.utime(fd, ns=(0, 0))
+
+            self.stage_whole(checksum, otype, fill, 0)
+        elif self._claim(checksum, otype):  # a real symlink: made aside, then renamed
+            tmp = str(self._tmpfile())
+            try:
+                os.symlink(header.symlink_target, tmp)
                 if mode is RepoMode.BARE:
-                    os.lchown(dest, header.uid, header.gid)
+                    os.lchown(tmp, header.uid, header.gid)
                     for n, v in header.xattrs:
-                        os.setxattr(dest, n, v, follow_symlinks=False)
-        except BaseException:
-            self._unclaim(checksum, ObjectType.FILE)
-            raise
-        self._done_writing(checksum, ObjectType.FILE, 0)
+                        os.setxattr(tmp, n, v, follow_symlinks=False)
+                os.rename(tmp, self._stage_path(checksum, otype))
+            except BaseException:
+                _unlink(tmp)
+                self._unclaim(checksum, otype)
+                raise
+            self._done_writing(checksum, otype, 0)
         return checksum
 
     def write_file_bytes(self, header: FileHeader, data: bytes) -> str:
@@ -259,7 +337,7 @@ class Transaction:
                                   + c.flush())
                 else:
                     _fs.write_all(fd, data)
-                self._finish_content_fd(fd, header)
+                self.finish_content_fd(fd, header)
             finally:
                 os.close(fd)
         except BaseException:
@@ -304,7 +382,7 @@ class Transaction:
                 raise StoreError(f"file changed size while being committed ({size} -> {total})")
             if c is not None:
                 _fs.write_all(fd, c.flush())
-            self._finish_content_fd(fd, header)
+            self.finish_content_fd(fd, header)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -325,7 +403,7 @@ class Transaction:
     def _open_content_tmp(self, tmp: str | Path) -> int:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
-    def _finish_content_fd(self, fd: int, header: FileHeader,
+    def finish_content_fd(self, fd: int, header: FileHeader,
                            bareuser_meta: bytes | None = None) -> None:
         """Apply the mode's owner, permissions, xattrs and mtime to a staged file.
 
@@ -446,3 +524,10 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
