@@ -1,11 +1,14 @@
 """Writing objects so that no partial object is ever visible.
 
 Objects are staged in a private directory under ``tmp/`` (``staging-BOOTID-RANDOM``,
-held by an OFD lock on ``<dir>-lock`` as ostree holds its own), each complete before it
-gets its final name there. :meth:`Transaction.commit` then makes the staged bytes
-durable with one ``syncfs`` (when the repo's fsync policy asks), renames them into
-``objects/``, and syncs again before the caller moves any ref. A process killed at any
-instant leaves only a staging directory, which the next transaction removes.
+held by an OFD lock on ``<dir>-lock`` as ostree holds its own). What a pull stages, and
+every symlink object, gets its name there only once whole (:meth:`Transaction.stage_whole`):
+a pull reads back what it staged. A commit may write its other objects under their
+staging name directly, since nothing reads them before the transaction commits.
+:meth:`Transaction.commit` then makes the staged bytes durable with one ``syncfs``
+(when the repo's fsync policy asks), renames them into ``objects/``, and syncs again
+before the caller moves any ref. A process killed at any instant leaves only a staging
+directory, which the next transaction removes.
 
 Thread-safe: commit building calls :meth:`write_content` from a worker pool.
 """
