@@ -187,7 +187,7 @@ class Transaction:
                 finally:
                     os.close(fd)
             else:  # no O_TMPFILE here: a named temporary file and a rename
-                tmp = str(self._tmpfile())
+                tmp = self._tmpfile()
                 try:
                     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                  0o600)
@@ -197,7 +197,7 @@ class Transaction:
                         os.close(fd)
                     os.rename(tmp, dest)
                 except BaseException:
-                    _unlink(tmp)
+                    tmp.unlink(missing_ok=True)
                     raise
         except BaseException:
             self._unclaim(checksum, otype)
@@ -303,7 +303,7 @@ class Transaction:
 
             self.stage_whole(checksum, otype, fill, 0)
         elif self._claim(checksum, otype):  # a real symlink: made aside, then renamed
-            tmp = str(self._tmpfile())
+            tmp = self._tmpfile()
             try:
                 os.symlink(header.symlink_target, tmp)
                 if mode is RepoMode.BARE:
@@ -312,7 +312,7 @@ class Transaction:
                         os.setxattr(tmp, n, v, follow_symlinks=False)
                 os.rename(tmp, self._stage_path(checksum, otype))
             except BaseException:
-                _unlink(tmp)
+                tmp.unlink(missing_ok=True)
                 self._unclaim(checksum, otype)
                 raise
             self._done_writing(checksum, otype, 0)
@@ -527,10 +527,3 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
